@@ -1,0 +1,277 @@
+//! Wiring: builds the pipeline from the configuration, starts it, and owns
+//! the ordered shutdown.
+//!
+//! Shutdown order (each step bounded by `server.shutdown_timeout_ms`):
+//! 1. sources stop consuming and finish their in-flight appends, then
+//!    acknowledge them at their brokers; the HTTP server stops accepting and
+//!    lets running ingest requests finish;
+//! 2. sessions are closed with 1001 (going away: reconnect with last ids);
+//! 3. the store is flushed and closed.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::response::Html;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, StoreKind};
+use crate::delivery::hub::Hub;
+use crate::delivery::session::Shared;
+use crate::delivery::ws::{self, Gateway};
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::rules::{Rules, RulesError};
+use crate::source::{Readiness, SourceConfig, SourceContext, SourceError};
+use crate::store::{MemoryStore, Store};
+
+/// Why herald could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("rules: {0}")]
+    Rules(#[from] RulesError),
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// Exit status: 2 for configuration problems (config, rules, source
+    /// settings), 1 for the environment (the port is taken).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::Rules(_) | StartError::Source(SourceError::Config { .. }) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// A started herald.
+#[derive(Debug)]
+pub struct Running {
+    addr: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+    pub metrics: Arc<Metrics>,
+    pub pipeline: Arc<Pipeline>,
+    pub readiness: Readiness,
+}
+
+impl Running {
+    /// The address the HTTP server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A token that starts the ordered shutdown when cancelled.
+    pub fn stopper(&self) -> CancellationToken {
+        self.stop.clone()
+    }
+
+    /// Shut down in order and wait for it.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+
+    /// Wait until something cancels the stopper and shutdown completes.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Build and start everything `config` describes.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let store: Arc<dyn Store> = match config.store.kind {
+        StoreKind::Memory => Arc::new(MemoryStore::new(&config.store, hub.clone())),
+    };
+    let rules = match &config.rules.path {
+        Some(path) => Rules::load(path)?,
+        None => Rules::builtin(),
+    };
+    metrics.rules_loaded(true);
+    tracing::info!(origin = rules.origin(), rules = rules.len(), "rules loaded");
+    let pipeline = Arc::new(Pipeline::new(rules, store.clone(), metrics.clone()));
+
+    let readiness = Readiness::default();
+    let mut sources = Vec::new();
+    for (i, source_config) in config.sources.iter().enumerate() {
+        let name = source_name(&config.sources, i);
+        sources.push((name, source_config.build()));
+    }
+
+    let addr = config.server.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+
+    let stop = CancellationToken::new();
+    let sources_stop = CancellationToken::new();
+    let http_stop = CancellationToken::new();
+    let sessions_stop = CancellationToken::new();
+    let source_tasks = TaskTracker::new();
+    for (name, source) in sources {
+        readiness.register(&name);
+        let ctx = SourceContext {
+            name: name.clone(),
+            pipeline: pipeline.clone(),
+            shutdown: sources_stop.clone(),
+            readiness: readiness.clone(),
+        };
+        source_tasks.spawn(async move {
+            if let Err(e) = source.run(ctx.clone()).await {
+                ctx.set_ready(false, e.to_string());
+                tracing::error!(source = %name, error = %e, "source stopped");
+            }
+        });
+    }
+    source_tasks.close();
+
+    let gateway = Arc::new(Gateway {
+        shared: Arc::new(Shared {
+            hub,
+            store: store.clone(),
+            metrics: metrics.clone(),
+            config: config.delivery.clone(),
+            shutdown: sessions_stop.clone(),
+        }),
+        connections: Arc::new(Semaphore::new(config.server.max_connections)),
+        sessions: TaskTracker::new(),
+    });
+    let router = router(&config, &gateway, &pipeline, &readiness, &metrics);
+
+    let header_timeout = Duration::from_millis(config.server.handshake_timeout_ms);
+    let drain = Duration::from_millis(config.server.shutdown_timeout_ms);
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        router,
+        http_stop.clone(),
+        header_timeout,
+        drain,
+    ));
+    let maintenance = spawn_maintenance(store.clone(), config.store.max_age_secs, stop.clone());
+    let watcher = match (&config.rules.path, config.rules.watch) {
+        (Some(path), true) => Some(crate::rules::watch::spawn(
+            path.clone(),
+            pipeline.clone(),
+            stop.clone(),
+        )),
+        _ => None,
+    };
+    tracing::info!(%addr, store = ?config.store.kind, "herald listening");
+
+    let task = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            tracing::info!("shutting down");
+            sources_stop.cancel();
+            http_stop.cancel();
+            if tokio::time::timeout(drain, source_tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("sources still running at shutdown");
+            }
+            let _ = server.await;
+            sessions_stop.cancel();
+            gateway.sessions.close();
+            if tokio::time::timeout(drain, gateway.sessions.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("sessions still open at shutdown");
+            }
+            let _ = maintenance.await;
+            if let Some(w) = watcher {
+                let _ = w.await;
+            }
+            if let Err(e) = store.close().await {
+                tracing::error!(error = %e, "store close failed");
+            }
+            tracing::info!("shutdown complete");
+        }
+    });
+    Ok(Running {
+        addr,
+        stop,
+        task,
+        metrics,
+        pipeline,
+        readiness,
+    })
+}
+
+/// `http`, or `kafka-2` when several sources share a kind.
+fn source_name(sources: &[SourceConfig], index: usize) -> String {
+    let kind = sources[index].kind();
+    if sources.iter().filter(|s| s.kind() == kind).count() > 1 {
+        format!("{kind}-{index}")
+    } else {
+        kind.to_string()
+    }
+}
+
+fn router(
+    config: &Config,
+    gateway: &Arc<Gateway>,
+    pipeline: &Arc<Pipeline>,
+    readiness: &Readiness,
+    metrics: &Arc<Metrics>,
+) -> Router {
+    let mut router = Router::new()
+        .route("/", get(|| async { Html(crate::delivery::DEMO_PAGE) }))
+        .route(
+            "/notifications",
+            get(ws::upgrade).with_state(gateway.clone()),
+        )
+        .merge(crate::admin::routes(readiness.clone(), metrics.clone()));
+    for source in &config.sources {
+        if let Some(http) = source.http() {
+            router = router.merge(crate::source::http::routes(http, pipeline.clone()));
+        }
+    }
+    router
+}
+
+/// Trim expired notifications in the background, off the append path.
+fn spawn_maintenance(
+    store: Arc<dyn Store>,
+    max_age_secs: u64,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if max_age_secs == 0 {
+            return;
+        }
+        // Check often enough that entries outlive the limit by at most ~10 %.
+        let every = Duration::from_secs((max_age_secs / 10).clamp(1, 60));
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            match store.trim_expired(crate::clock::now_ms()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(trimmed = n, "retention trimmed expired notifications"),
+                Err(e) => tracing::warn!(error = %e, "retention pass failed"),
+            }
+        }
+    })
+}

@@ -1,0 +1,394 @@
+//! Configuration: built-in defaults → TOML file → `HERALD_*` environment.
+//!
+//! Invariants:
+//! - every struct denies unknown fields, so a misspelt key is an error that
+//!   names the key instead of a silently ignored setting;
+//! - [`Config::validate`] runs after extraction and rejects combinations serde
+//!   cannot express (a disk store without a path, a zero-sized queue, ...);
+//! - the environment uses `__` for nesting: `HERALD_SERVER__LISTEN=127.0.0.1:9000`.
+//!
+//! Durations are integers with their unit in the key (`ping_interval_ms`), so
+//! they read the same in TOML and in an environment variable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::source::SourceConfig;
+
+/// The whole configuration of one herald process.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub rules: RulesConfig,
+    pub store: StoreConfig,
+    pub delivery: DeliveryConfig,
+    /// Event sources. A file that lists `[[sources]]` replaces the default
+    /// (one HTTP source); it does not add to it.
+    pub sources: Vec<SourceConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            log: LogConfig::default(),
+            rules: RulesConfig::default(),
+            store: StoreConfig::default(),
+            delivery: DeliveryConfig::default(),
+            sources: vec![SourceConfig::default_http()],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address of the HTTP server (WebSocket, ingest, health, demo page).
+    pub listen: SocketAddr,
+    /// Most WebSocket sessions at once; one more is accepted and closed with
+    /// 1013 (try again later) so browsers see a reason.
+    pub max_connections: usize,
+    /// Time a client has to send its HTTP request head.
+    pub handshake_timeout_ms: u64,
+    /// Time graceful shutdown waits for in-flight work before giving up.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_connections: 10_000,
+            handshake_timeout_ms: 10_000,
+            shutdown_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A `tracing` filter (`info`, `herald=debug,warn`). `RUST_LOG` wins when set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// YAML or TOML rules file. Without one the built-in default rule applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Reload the file when it changes; an invalid version is rejected and
+    /// the previous one stays live.
+    pub watch: bool,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        Self {
+            path: None,
+            watch: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    Memory,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    /// Retained notifications per channel; older ones are trimmed.
+    pub max_per_channel: usize,
+    /// Retained age in seconds; 0 keeps notifications regardless of age.
+    pub max_age_secs: u64,
+    /// Dedupe keys remembered per channel. A redelivered event whose key is
+    /// still remembered appends nothing.
+    pub dedupe_window: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Memory,
+            max_per_channel: 10_000,
+            max_age_secs: 7 * 24 * 3600,
+            dedupe_window: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Channels a session joins when it names none (`user:{sub}` is added
+    /// when the client is authenticated).
+    pub default_channels: Vec<String>,
+    /// Bounded outbound queue per session, in frames. On overflow the
+    /// session is closed with 4008 (too slow).
+    pub queue_capacity: usize,
+    /// Interval of server WebSocket pings.
+    pub ping_interval_ms: u64,
+    /// A session whose pong has not arrived this long after a ping is closed
+    /// with 4009.
+    pub pong_timeout_ms: u64,
+    /// Largest client message (and frame) accepted; larger ones close the
+    /// session with 1009.
+    pub max_message_bytes: usize,
+    /// Most channels one session may subscribe to.
+    pub max_subscriptions: usize,
+    /// Notifications read from the store per replay page.
+    pub replay_page: usize,
+    /// Socket write buffer before a flush; frames queued together are
+    /// written with one flush.
+    pub write_buffer_bytes: usize,
+    /// Read buffer per connection. Small, because most sessions are idle.
+    pub read_buffer_bytes: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            default_channels: vec!["broadcast".into()],
+            queue_capacity: 1024,
+            ping_interval_ms: 25_000,
+            pong_timeout_ms: 20_000,
+            max_message_bytes: 64 * 1024,
+            max_subscriptions: 64,
+            replay_page: 1000,
+            write_buffer_bytes: 16 * 1024,
+            read_buffer_bytes: 4 * 1024,
+        }
+    }
+}
+
+/// A configuration that could not be loaded; its message names the file,
+/// the key and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration file {0}: not found")]
+    Missing(PathBuf),
+    #[error("{0}")]
+    Load(Box<figment::Error>),
+    #[error("invalid configuration{origin}: key `{key}`: {problem}")]
+    Invalid {
+        origin: String,
+        key: String,
+        problem: String,
+    },
+}
+
+impl Config {
+    /// Load defaults, then `file` (when given), then `HERALD_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Missing(path.to_owned()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("HERALD_").split("__"));
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))?;
+        let origin = file
+            .map(|p| format!(" in {}", p.display()))
+            .unwrap_or_default();
+        config
+            .validate()
+            .map_err(|(key, problem)| ConfigError::Invalid {
+                origin,
+                key,
+                problem,
+            })?;
+        Ok(config)
+    }
+
+    /// Checks serde cannot express. Returns the offending key and why.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let positive = [
+            ("server.max_connections", self.server.max_connections),
+            ("store.max_per_channel", self.store.max_per_channel),
+            ("store.dedupe_window", self.store.dedupe_window),
+            ("delivery.queue_capacity", self.delivery.queue_capacity),
+            (
+                "delivery.max_message_bytes",
+                self.delivery.max_message_bytes,
+            ),
+            (
+                "delivery.max_subscriptions",
+                self.delivery.max_subscriptions,
+            ),
+            ("delivery.replay_page", self.delivery.replay_page),
+            (
+                "delivery.read_buffer_bytes",
+                self.delivery.read_buffer_bytes,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err((key.into(), "must be greater than 0".into()));
+            }
+        }
+        if self.delivery.ping_interval_ms == 0 || self.delivery.pong_timeout_ms == 0 {
+            return Err((
+                "delivery.ping_interval_ms".into(),
+                "ping interval and pong timeout must be greater than 0".into(),
+            ));
+        }
+        for channel in &self.delivery.default_channels {
+            if let Err(problem) = crate::delivery::protocol::check_channel(channel) {
+                return Err(("delivery.default_channels".into(), problem.to_string()));
+            }
+        }
+        if self.sources.iter().filter(|s| s.is_http()).count() > 1 {
+            return Err((
+                "sources".into(),
+                "at most one source of kind \"http\" (it serves POST /events/{topic})".into(),
+            ));
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            source
+                .validate()
+                .map_err(|(key, problem)| (format!("sources[{i}].{key}"), problem))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closures return figment::Error
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    fn load_err(file: Option<&str>) -> String {
+        match Config::load(file.map(Path::new)) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn defaults_serve_http_on_localhost_8080() {
+        Jail::expect_with(|_| {
+            let config = Config::load(None).expect("defaults load");
+            assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+            assert_eq!(config.store.kind, StoreKind::Memory);
+            assert_eq!(config.sources.len(), 1);
+            assert!(config.sources[0].is_http());
+            assert!(config.rules.path.is_none());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn file_then_environment_override() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "herald.toml",
+                "[server]\nlisten = \"127.0.0.1:9000\"\n[store]\nmax_per_channel = 5\n",
+            )?;
+            jail.set_env("HERALD_STORE__MAX_PER_CHANNEL", "7");
+            let config = Config::load(Some(Path::new("herald.toml"))).expect("loads");
+            assert_eq!(config.server.listen.port(), 9000);
+            assert_eq!(config.store.max_per_channel, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "herald.toml",
+                "[server]\nlisten_addr = \"127.0.0.1:9000\"\n",
+            )?;
+            let err = load_err(Some("herald.toml"));
+            assert!(err.contains("listen_addr"), "{err}");
+            assert!(err.contains("herald.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_environment_key_is_named() {
+        Jail::expect_with(|jail| {
+            jail.set_env("HERALD_SERVER__LISTN", "127.0.0.1:1");
+            let err = load_err(None);
+            assert!(err.contains("listn"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_value_names_key() {
+        Jail::expect_with(|jail| {
+            jail.create_file("herald.toml", "[server]\nlisten = \"not an address\"\n")?;
+            let err = load_err(Some("herald.toml"));
+            assert!(err.contains("listen"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn zero_queue_is_rejected() {
+        Jail::expect_with(|jail| {
+            jail.create_file("herald.toml", "[delivery]\nqueue_capacity = 0\n")?;
+            let err = load_err(Some("herald.toml"));
+            assert!(err.contains("delivery.queue_capacity"), "{err}");
+            assert!(err.contains("herald.toml"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn sources_replace_the_default_list() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "herald.toml",
+                "[[sources]]\nkind = \"http\"\nmax_body_bytes = 10\n",
+            )?;
+            let config = Config::load(Some(Path::new("herald.toml"))).expect("loads");
+            assert_eq!(config.sources.len(), 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn missing_file_is_an_error() {
+        Jail::expect_with(|_| {
+            let err = load_err(Some("nope.toml"));
+            assert!(err.contains("nope.toml"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,197 @@
+//! The hub: which live sessions want which channel, and fan-out.
+//!
+//! Invariants:
+//! - `publish` never blocks and never waits for a session: each subscriber
+//!   has a bounded queue, and a full queue marks that session too slow (it is
+//!   then closed with 4008 and resumes from its last id) without touching the
+//!   others;
+//! - the store calls `publish` per channel in offset order; the hub keeps
+//!   that order into every queue;
+//! - the frame bytes are shared: one `Arc<Delivery>` per notification,
+//!   cloned (a reference count) per subscriber.
+
+use std::collections::HashMap;
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{Notify, mpsc};
+
+use crate::metrics::Metrics;
+use crate::store::Delivery;
+
+const SHARDS: usize = 16;
+
+type Subscribers = HashMap<Arc<str>, Vec<Arc<Subscriber>>>;
+
+/// Channel → subscribed sessions.
+#[derive(Debug)]
+pub struct Hub {
+    shards: Box<[RwLock<Subscribers>]>,
+    next_id: AtomicU64,
+    metrics: Arc<Metrics>,
+}
+
+/// A session's end of the hub: its bounded queue and its too-slow signal.
+#[derive(Debug)]
+pub struct Subscriber {
+    id: u64,
+    tx: mpsc::Sender<Arc<Delivery>>,
+    too_slow: AtomicBool,
+    overflow: Notify,
+}
+
+impl Subscriber {
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the queue overflowed; the session must close.
+    pub fn is_too_slow(&self) -> bool {
+        self.too_slow.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the queue has overflowed.
+    pub async fn overflowed(&self) {
+        while !self.is_too_slow() {
+            self.overflow.notified().await;
+        }
+    }
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            next_id: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    /// A new subscriber with a queue of `capacity` notifications.
+    pub fn subscriber(&self, capacity: usize) -> (Arc<Subscriber>, mpsc::Receiver<Arc<Delivery>>) {
+        let (tx, rx) = mpsc::channel(capacity);
+        let sub = Arc::new(Subscriber {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            tx,
+            too_slow: AtomicBool::new(false),
+            overflow: Notify::new(),
+        });
+        (sub, rx)
+    }
+
+    fn shard(&self, channel: &str) -> &RwLock<Subscribers> {
+        let mut h = DefaultHasher::new();
+        channel.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Start delivering `channel` to `sub`. Idempotent.
+    pub fn subscribe(&self, channel: &str, sub: &Arc<Subscriber>) {
+        let mut shard = self
+            .shard(channel)
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let subs = shard.entry(Arc::from(channel)).or_default();
+        if !subs.iter().any(|s| s.id == sub.id) {
+            subs.push(sub.clone());
+        }
+    }
+
+    /// Stop delivering `channel` to the subscriber `id`.
+    pub fn unsubscribe(&self, channel: &str, id: u64) {
+        let mut shard = self
+            .shard(channel)
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(subs) = shard.get_mut(channel) {
+            subs.retain(|s| s.id != id);
+            if subs.is_empty() {
+                shard.remove(channel);
+            }
+        }
+    }
+
+    /// Queue `delivery` for every subscriber of its channel.
+    pub fn publish(&self, delivery: &Arc<Delivery>) {
+        let shard = self
+            .shard(&delivery.channel)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(subs) = shard.get(&delivery.channel) else {
+            return;
+        };
+        let mut queued = 0u64;
+        for sub in subs {
+            match sub.tx.try_send(delivery.clone()) {
+                Ok(()) => queued += 1,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    if !sub.too_slow.swap(true, Ordering::AcqRel) {
+                        sub.overflow.notify_one();
+                    }
+                }
+                // The session is ending; it unsubscribes itself.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        self.metrics.fanout_queued.inc_by(queued);
+    }
+
+    /// Number of sessions subscribed to `channel`.
+    pub fn subscribers(&self, channel: &str) -> usize {
+        self.shard(channel)
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .map_or(0, Vec::len)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delivery(channel: &str, offset: u64) -> Arc<Delivery> {
+        Arc::new(Delivery::build(
+            channel.into(),
+            &format!("{channel:?}"),
+            "e".into(),
+            offset,
+            0,
+            "",
+        ))
+    }
+
+    #[tokio::test]
+    async fn full_queue_marks_only_that_subscriber() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (slow, _slow_rx) = hub.subscriber(2);
+        let (fast, mut fast_rx) = hub.subscriber(8);
+        hub.subscribe("c", &slow);
+        hub.subscribe("c", &fast);
+        for offset in 1..=3 {
+            hub.publish(&delivery("c", offset));
+        }
+        assert!(slow.is_too_slow());
+        slow.overflowed().await;
+        assert!(!fast.is_too_slow());
+        for expected in 1..=3 {
+            let d = fast_rx.recv().await.expect("queued");
+            assert_eq!(d.offset, expected);
+        }
+    }
+
+    #[test]
+    fn unsubscribe_stops_delivery() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (sub, mut rx) = hub.subscriber(4);
+        hub.subscribe("c", &sub);
+        hub.subscribe("c", &sub);
+        assert_eq!(hub.subscribers("c"), 1);
+        hub.unsubscribe("c", sub.id());
+        hub.publish(&delivery("c", 1));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(hub.subscribers("c"), 0);
+    }
+}

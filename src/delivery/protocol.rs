@@ -1,0 +1,235 @@
+//! The client protocol, v1 (schemas: `schemas/client-frame.schema.json`,
+//! `schemas/server-frame.schema.json`, `schemas/close-codes.json`).
+//!
+//! Server → client: one JSON object per text frame, with a `type`:
+//! `notification` (pre-serialized by the log), `subscribed`, `error`, `pong`.
+//! Client → server: `subscribe`, `unsubscribe`, `ping`.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest channel name accepted.
+pub const MAX_CHANNEL_LEN: usize = 200;
+
+/// A channel name is 1–200 characters with no whitespace or control
+/// characters (`user:42`, `team:7`, `ticker:AAPL`, `broadcast`).
+pub fn check_channel(channel: &str) -> Result<(), &'static str> {
+    if channel.is_empty() {
+        return Err("channel name is empty");
+    }
+    if channel.len() > MAX_CHANNEL_LEN {
+        return Err("channel name is longer than 200 bytes");
+    }
+    if channel.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("channel name contains whitespace or control characters");
+    }
+    Ok(())
+}
+
+/// Close codes herald sends. What a client should do is in
+/// `schemas/close-codes.json` and the README.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// The client closed; nothing to do.
+    Normal = 1000,
+    /// Server shutting down: reconnect (to any node) with the last ids.
+    GoingAway = 1001,
+    /// The client broke the WebSocket protocol itself.
+    ProtocolError = 1002,
+    /// Policy violation (e.g. a forbidden origin).
+    Policy = 1008,
+    /// A client message was larger than `delivery.max_message_bytes`.
+    TooBig = 1009,
+    /// Unexpected server error: reconnect with back-off.
+    InternalError = 1011,
+    /// Too many connections: retry later with back-off.
+    Overloaded = 1013,
+    /// Bad request at connect (e.g. a malformed query).
+    BadRequest = 4000,
+    /// Authentication failed: do not retry with the same token.
+    AuthFailed = 4001,
+    /// Authenticated but not allowed.
+    Forbidden = 4003,
+    /// Too slow: the outbound queue overflowed. Reconnect at once with the
+    /// last ids; nothing is lost.
+    TooSlow = 4008,
+    /// No pong to the server's ping in time: reconnect.
+    HeartbeatMissed = 4009,
+    /// The token expired: refresh it, then reconnect.
+    TokenExpired = 4010,
+}
+
+impl CloseCode {
+    /// Every close code herald sends.
+    pub const ALL: [CloseCode; 13] = [
+        CloseCode::Normal,
+        CloseCode::GoingAway,
+        CloseCode::ProtocolError,
+        CloseCode::Policy,
+        CloseCode::TooBig,
+        CloseCode::InternalError,
+        CloseCode::Overloaded,
+        CloseCode::BadRequest,
+        CloseCode::AuthFailed,
+        CloseCode::Forbidden,
+        CloseCode::TooSlow,
+        CloseCode::HeartbeatMissed,
+        CloseCode::TokenExpired,
+    ];
+
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// Label for logs and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "normal",
+            CloseCode::GoingAway => "going_away",
+            CloseCode::ProtocolError => "protocol_error",
+            CloseCode::Policy => "policy",
+            CloseCode::TooBig => "too_big",
+            CloseCode::InternalError => "internal_error",
+            CloseCode::Overloaded => "overloaded",
+            CloseCode::BadRequest => "bad_request",
+            CloseCode::AuthFailed => "auth_failed",
+            CloseCode::Forbidden => "forbidden",
+            CloseCode::TooSlow => "too_slow",
+            CloseCode::HeartbeatMissed => "heartbeat_missed",
+            CloseCode::TokenExpired => "token_expired",
+        }
+    }
+}
+
+/// A frame from the client.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ClientFrame {
+    Subscribe {
+        channel: String,
+        #[serde(default)]
+        last_id: Option<String>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    Ping,
+}
+
+/// Error codes of `error` frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not JSON, not an object, unknown `type`, a missing field, binary data.
+    BadFrame,
+    /// The channel name is not valid.
+    BadChannel,
+    /// `last_id` is not `<epoch>-<offset>`.
+    BadLastId,
+    /// More channels than `delivery.max_subscriptions`.
+    TooManySubscriptions,
+    /// Unsubscribe from a channel the session is not subscribed to.
+    NotSubscribed,
+    /// The store could not be read; the subscription was not made.
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad_frame",
+            ErrorCode::BadChannel => "bad_channel",
+            ErrorCode::BadLastId => "bad_last_id",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// A server frame other than `notification` (which the log serializes).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ServerFrame<'a> {
+    Subscribed {
+        channel: &'a str,
+        /// Notifications sent as replay before this frame.
+        replayed: u64,
+        /// False when the requested history could not be replayed in full
+        /// (another epoch, or trimmed): the client has a gap and should
+        /// refresh its state by other means.
+        recovered: bool,
+        /// Id of the last notification the client has now (`<epoch>-0`
+        /// for an empty channel); the `last_id` to resume from.
+        position: String,
+    },
+    Error {
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
+    },
+    Pong,
+}
+
+impl ServerFrame<'_> {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_frames_parse() {
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"subscribe","channel":"a","last_id":"e-1"}"#)
+                .expect("subscribe");
+        assert_eq!(
+            f,
+            ClientFrame::Subscribe {
+                channel: "a".into(),
+                last_id: Some("e-1".into())
+            }
+        );
+        assert_eq!(
+            serde_json::from_str::<ClientFrame>(r#"{"type":"ping"}"#).expect("ping"),
+            ClientFrame::Ping
+        );
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"subscribe"}"#).is_err());
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"dance"}"#).is_err());
+    }
+
+    #[test]
+    fn channel_names() {
+        assert!(check_channel("user:42").is_ok());
+        assert!(check_channel("").is_err());
+        assert!(check_channel("a b").is_err());
+        assert!(check_channel("a\nb").is_err());
+        assert!(check_channel(&"x".repeat(201)).is_err());
+    }
+
+    #[test]
+    fn server_frames_serialize_with_type() {
+        let f = ServerFrame::Subscribed {
+            channel: "c",
+            replayed: 2,
+            recovered: true,
+            position: "e-2".into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&f.to_json()).expect("json");
+        assert_eq!(v["type"], "subscribed");
+        assert_eq!(v["position"], "e-2");
+        let e = ServerFrame::Error {
+            code: ErrorCode::BadFrame,
+            message: "m",
+            channel: None,
+        };
+        assert_eq!(
+            e.to_json(),
+            r#"{"type":"error","code":"bad_frame","message":"m"}"#
+        );
+    }
+}

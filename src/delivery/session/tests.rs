@@ -1,0 +1,173 @@
+//! Session logic over an in-memory pipe, with paused time where timing
+//! matters: the real tungstenite protocol on both ends, no sockets.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::DuplexStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_util::sync::CancellationToken;
+
+use super::{Request, Shared, run};
+use crate::config::{DeliveryConfig, StoreConfig};
+use crate::delivery::hub::Hub;
+use crate::metrics::Metrics;
+use crate::store::{MemoryStore, NewNotification, Store};
+
+struct Fixture {
+    shared: Arc<Shared>,
+    store: Arc<MemoryStore>,
+}
+
+fn fixture(config: DeliveryConfig) -> Fixture {
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let store = Arc::new(MemoryStore::new(&StoreConfig::default(), hub.clone()));
+    let shared = Arc::new(Shared {
+        hub,
+        store: store.clone(),
+        metrics,
+        config,
+        shutdown: CancellationToken::new(),
+    });
+    Fixture { shared, store }
+}
+
+async fn pair() -> (WebSocketStream<DuplexStream>, WebSocketStream<DuplexStream>) {
+    let (a, b) = tokio::io::duplex(1 << 16);
+    let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+    let client = WebSocketStream::from_raw_socket(b, Role::Client, None).await;
+    (server, client)
+}
+
+fn broadcast() -> Vec<Request> {
+    vec![Request {
+        channel: "broadcast".into(),
+        last_id: None,
+    }]
+}
+
+fn heartbeat(ping_ms: u64, pong_ms: u64) -> DeliveryConfig {
+    DeliveryConfig {
+        ping_interval_ms: ping_ms,
+        pong_timeout_ms: pong_ms,
+        ..DeliveryConfig::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_never_answers_pings_is_closed_with_4009() {
+    let f = fixture(heartbeat(1_000, 500));
+    // The client end stays raw bytes: nothing answers the pings.
+    let (a, mut raw_client) = tokio::io::duplex(1 << 16);
+    let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+    let started = tokio::time::Instant::now();
+    let reason = run(server, f.shared.clone(), broadcast()).await;
+    assert_eq!(reason, "heartbeat_missed");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1_500) && elapsed < Duration::from_millis(1_600),
+        "closed one ping interval plus the pong timeout after start: {elapsed:?}"
+    );
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut raw_client, &mut bytes)
+        .await
+        .unwrap();
+    // Server frames are unmasked: a ping (0x89), then a close (0x88) whose
+    // payload starts with the code 4009 (0x0FA9).
+    assert!(
+        bytes.windows(2).any(|w| w == [0x89, 0x00]),
+        "a ping was sent"
+    );
+    let close = bytes
+        .windows(4)
+        .position(|w| w[0] == 0x88 && w[2] == 0x0F && w[3] == 0xA9);
+    assert!(close.is_some(), "a close frame with 4009 was sent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_answers_pings_stays_connected() {
+    let f = fixture(heartbeat(1_000, 500));
+    let (server, mut client) = pair().await;
+    let session = tokio::spawn(run(server, f.shared.clone(), broadcast()));
+    // Reading lets tungstenite answer each ping with a pong.
+    let reader = tokio::spawn(async move {
+        let mut pings = 0;
+        while let Some(Ok(msg)) = client.next().await {
+            if matches!(msg, Message::Ping(_)) {
+                pings += 1;
+                if pings == 10 {
+                    break;
+                }
+            }
+        }
+        (pings, client) // keep the connection open
+    });
+    let (pings, _client) = reader.await.unwrap();
+    assert_eq!(pings, 10);
+    assert!(
+        !session.is_finished(),
+        "still connected after 10 ping rounds"
+    );
+    f.shared.shutdown.cancel();
+    assert_eq!(session.await.unwrap(), "going_away");
+}
+
+#[tokio::test]
+async fn a_ping_frame_is_answered_with_pong() {
+    let f = fixture(DeliveryConfig::default());
+    let (server, mut client) = pair().await;
+    tokio::spawn(run(server, f.shared.clone(), broadcast()));
+    let first = client.next().await.unwrap().unwrap();
+    assert!(first.to_text().unwrap().contains("\"subscribed\""));
+    client
+        .send(Message::Text(r#"{"type":"ping"}"#.into()))
+        .await
+        .unwrap();
+    let pong = client.next().await.unwrap().unwrap();
+    assert_eq!(pong.to_text().unwrap(), r#"{"type":"pong"}"#);
+}
+
+#[tokio::test]
+async fn live_notifications_already_replayed_are_not_sent_twice() {
+    let f = fixture(DeliveryConfig::default());
+    let n = |k: &str| NewNotification {
+        channel: "c".into(),
+        dedupe_key: k.into(),
+        fields: format!("\"title\":{k:?}"),
+    };
+    f.store.append(vec![n("1"), n("2")]).await.unwrap();
+    let epoch = f.store.read_after("c", 0, 0).await.unwrap().epoch;
+    let (server, mut client) = pair().await;
+    tokio::spawn(run(
+        server,
+        f.shared.clone(),
+        vec![Request {
+            channel: "c".into(),
+            last_id: Some(format!("{epoch}-0")),
+        }],
+    ));
+    let mut texts = Vec::new();
+    for _ in 0..3 {
+        texts.push(
+            client
+                .next()
+                .await
+                .unwrap()
+                .unwrap()
+                .into_text()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert!(texts[0].contains("\"offset\":1"));
+    assert!(texts[1].contains("\"offset\":2"));
+    assert!(texts[2].contains("\"subscribed\"") && texts[2].contains("\"replayed\":2"));
+    f.store.append(vec![n("3")]).await.unwrap();
+    let live = client.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(live.contains("\"offset\":3"), "{live}");
+}

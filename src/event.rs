@@ -1,0 +1,113 @@
+//! The event: what a source hands to the pipeline.
+//!
+//! An event is the producer's JSON payload plus [`Meta`], where it came from.
+//! `Meta::position` identifies the event at its source (topic, partition,
+//! offset; or an HTTP request and index) and is the root of the default
+//! dedupe key, so a redelivered event maps to the same keys and appends
+//! nothing new.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The kind of source an event came from; `match.source` in rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SourceKind {
+    Http,
+    Kafka,
+    Amqp,
+}
+
+impl SourceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Http => "http",
+            SourceKind::Kafka => "kafka",
+            SourceKind::Amqp => "amqp",
+        }
+    }
+}
+
+impl fmt::Display for SourceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SourceKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "http" => Ok(SourceKind::Http),
+            "kafka" => Ok(SourceKind::Kafka),
+            "amqp" => Ok(SourceKind::Amqp),
+            other => Err(format!(
+                "unknown source kind {other:?} (expected http, kafka or amqp)"
+            )),
+        }
+    }
+}
+
+/// Where an event came from, as rules see it under `meta`. Fields a source
+/// does not have are `null` (so `meta.partition is none` works in rules).
+#[derive(Debug, Clone, Serialize)]
+pub struct Meta {
+    pub source: SourceKind,
+    /// HTTP path topic, Kafka topic, or AMQP routing key.
+    pub topic: String,
+    pub partition: Option<i32>,
+    pub offset: Option<i64>,
+    pub key: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    /// Producer timestamp (RFC 3339) when the source carries one.
+    pub timestamp: Option<String>,
+    /// When herald received the event (RFC 3339).
+    pub received_at: String,
+    pub exchange: Option<String>,
+    pub message_id: Option<String>,
+    pub redelivered: Option<bool>,
+    /// Stable identity of the event at its source; the root of default
+    /// dedupe keys. Not shown to rules.
+    #[serde(skip)]
+    pub position: String,
+}
+
+impl Meta {
+    /// Meta with only the fields every source has.
+    pub fn new(source: SourceKind, topic: impl Into<String>, position: impl Into<String>) -> Self {
+        Self {
+            source,
+            topic: topic.into(),
+            partition: None,
+            offset: None,
+            key: None,
+            headers: BTreeMap::new(),
+            timestamp: None,
+            received_at: crate::clock::now_rfc3339(),
+            exchange: None,
+            message_id: None,
+            redelivered: None,
+            position: position.into(),
+        }
+    }
+}
+
+/// One source event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub payload: serde_json::Value,
+    pub meta: Meta,
+}
+
+impl Event {
+    /// The event's `type` field, shown as `event` in notifications; the topic
+    /// when the payload has none.
+    pub fn event_type(&self) -> &str {
+        self.payload
+            .get("type")
+            .and_then(|t| t.as_str())
+            .unwrap_or(&self.meta.topic)
+    }
+}

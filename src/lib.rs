@@ -1,0 +1,41 @@
+//! herald: a message-queue consumer bridge.
+//!
+//! Backends publish domain events to Kafka, RabbitMQ or `POST /events`;
+//! herald maps each event through operator-edited rules into notifications,
+//! appends them to a per-channel log (offset, epoch, dedupe) and pushes them
+//! over WebSockets. A client that reconnects with its last id receives
+//! exactly what it missed, in order, then the live stream.
+//!
+//! # Layout
+//! The pipeline, in the order an event travels:
+//! - [`source`]: where events come from (`http`; one file per kind), and the
+//!   [`source::Source`] trait;
+//! - [`event`]: the event and its source position ([`event::Meta`]);
+//! - [`pipeline`]: Event → rules → log, shared by every source;
+//! - [`rules`]: compile a rules file once, evaluate events purely;
+//! - [`store`]: the per-channel log and the [`store::Store`] trait;
+//! - [`delivery`]: the hub (fan-out), sessions (replay, live, heartbeat),
+//!   the WebSocket gateway and the protocol;
+//!
+//! Around it:
+//! - [`app`]: wiring, start-up and ordered shutdown;
+//! - [`server`]: the HTTP accept loop;
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`;
+//! - [`config`]: defaults → TOML file → `HERALD_*` environment;
+//! - [`metrics`]: every counter in one place;
+//! - [`clock`]: wall-clock helpers;
+//! - [`tail`]: `herald tail`, a small client for trying herald.
+
+pub mod admin;
+pub mod app;
+pub mod clock;
+pub mod config;
+pub mod delivery;
+pub mod event;
+pub mod metrics;
+pub mod pipeline;
+pub mod rules;
+pub mod server;
+pub mod source;
+pub mod store;
+pub mod tail;

@@ -1,0 +1,205 @@
+//! Every count herald keeps, in one place, exposed at `/metrics` in the
+//! Prometheus text format.
+//!
+//! One typed failure gives one log line (at its site) and one increment
+//! here. Hot-path counters that would bounce a cache line per delivery are
+//! added in batches by their owner (a session adds per flush).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// herald's counters, gauges and histograms.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Events handed to the pipeline, by source.
+    pub events: Family<Labels, Counter>,
+    /// Events not turned into notifications, by source and reason.
+    pub events_rejected: Family<Labels, Counter>,
+    /// Rule failures at run time, by rule.
+    pub rule_failures: Family<Labels, Counter>,
+    pub notifications_appended: Counter,
+    pub notifications_duplicate: Counter,
+    /// Append latency (rules excluded), seconds.
+    pub append_seconds: Histogram,
+    /// Notifications queued to sessions by the hub.
+    pub fanout_queued: Counter,
+    /// Notification frames written to clients (live and replayed).
+    pub deliveries: Counter,
+    /// Notifications sent as replay after a `last_id`.
+    pub replayed: Counter,
+    /// Subscriptions, by `recovered`.
+    pub subscriptions: Family<Labels, Counter>,
+    pub sessions: Gauge,
+    /// Closed sessions, by reason.
+    pub sessions_closed: Family<Labels, Counter>,
+    /// Client protocol errors, by error code.
+    pub client_errors: Family<Labels, Counter>,
+    /// Rules versions loaded, by result (`ok`, `rejected`).
+    pub rules_reloads: Family<Labels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("herald");
+        let events = Family::<Labels, Counter>::default();
+        let events_rejected = Family::<Labels, Counter>::default();
+        let rule_failures = Family::<Labels, Counter>::default();
+        let notifications_appended = Counter::default();
+        let notifications_duplicate = Counter::default();
+        let append_seconds = Histogram::new(exponential_buckets(0.000_01, 4.0, 10));
+        let fanout_queued = Counter::default();
+        let deliveries = Counter::default();
+        let replayed = Counter::default();
+        let subscriptions = Family::<Labels, Counter>::default();
+        let sessions = Gauge::default();
+        let sessions_closed = Family::<Labels, Counter>::default();
+        let client_errors = Family::<Labels, Counter>::default();
+        let rules_reloads = Family::<Labels, Counter>::default();
+        registry.register("events", "Events received, by source", events.clone());
+        registry.register(
+            "events_rejected",
+            "Events that produced no notification, by source and reason",
+            events_rejected.clone(),
+        );
+        registry.register(
+            "rule_failures",
+            "Rule evaluations that failed at run time, by rule",
+            rule_failures.clone(),
+        );
+        registry.register(
+            "notifications_appended",
+            "Notifications appended to the log",
+            notifications_appended.clone(),
+        );
+        registry.register(
+            "notifications_duplicate",
+            "Notifications dropped as duplicates by dedupe key",
+            notifications_duplicate.clone(),
+        );
+        registry.register(
+            "append_seconds",
+            "Time to append one event's notifications durably",
+            append_seconds.clone(),
+        );
+        registry.register(
+            "fanout_queued",
+            "Notifications queued to live sessions",
+            fanout_queued.clone(),
+        );
+        registry.register(
+            "deliveries",
+            "Notification frames written to clients",
+            deliveries.clone(),
+        );
+        registry.register(
+            "replayed",
+            "Notifications replayed after a last_id",
+            replayed.clone(),
+        );
+        registry.register(
+            "subscriptions",
+            "Subscriptions confirmed, by recovered",
+            subscriptions.clone(),
+        );
+        registry.register("sessions", "Open client sessions", sessions.clone());
+        registry.register(
+            "sessions_closed",
+            "Client sessions closed, by reason",
+            sessions_closed.clone(),
+        );
+        registry.register(
+            "client_errors",
+            "Client protocol errors, by code",
+            client_errors.clone(),
+        );
+        registry.register(
+            "rules_reloads",
+            "Rules versions loaded, by result",
+            rules_reloads.clone(),
+        );
+        Self {
+            registry,
+            events,
+            events_rejected,
+            rule_failures,
+            notifications_appended,
+            notifications_duplicate,
+            append_seconds,
+            fanout_queued,
+            deliveries,
+            replayed,
+            subscriptions,
+            sessions,
+            sessions_closed,
+            client_errors,
+            rules_reloads,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn event(&self, source: &str) {
+        self.events
+            .get_or_create(&vec![("source", source.to_string())])
+            .inc();
+    }
+
+    pub fn rejected(&self, source: &str, reason: &'static str) {
+        self.events_rejected
+            .get_or_create(&vec![
+                ("source", source.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn rule_failed(&self, rule: &str) {
+        self.rule_failures
+            .get_or_create(&vec![("rule", rule.to_string())])
+            .inc();
+    }
+
+    pub fn session_closed(&self, reason: &'static str) {
+        self.sessions_closed
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    pub fn client_error(&self, code: &'static str) {
+        self.client_errors
+            .get_or_create(&vec![("code", code.to_string())])
+            .inc();
+    }
+
+    pub fn subscribed(&self, recovered: bool) {
+        self.subscriptions
+            .get_or_create(&vec![("recovered", recovered.to_string())])
+            .inc();
+    }
+
+    pub fn rules_loaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "rejected" };
+        self.rules_reloads
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+}

@@ -1,0 +1,95 @@
+//! The HTTP accept loop.
+//!
+//! hyper's HTTP/1 server with upgrades, driven directly rather than through
+//! `axum::serve`, for three things a bridge needs: a time limit on the
+//! request head (slow-loris handshakes), accept errors that back off instead
+//! of spinning or ending the server (EMFILE at the open-files cap), and a
+//! graceful stop that lets in-flight requests (ingest waiting for its
+//! append) finish.
+
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+/// Serve `router` on `listener` until `stop` is cancelled, then wait up to
+/// `drain` for in-flight requests. Upgraded WebSocket connections are owned
+/// by their sessions and not waited for here.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    stop: CancellationToken,
+    header_timeout: Duration,
+    drain: Duration,
+) {
+    let connections = TaskTracker::new();
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                // Usually EMFILE/ENFILE: wait for sockets to close rather
+                // than spin; the listener stays open.
+                tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .map_request(|req: hyper::Request<Incoming>| req.map(axum::body::Body::new)),
+        );
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let stop = stop.clone();
+        connections.spawn(async move {
+            tokio::pin!(conn);
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                () = stop.cancelled() => {
+                    // Finish the request in flight, then close; an
+                    // upgraded connection has already left hyper.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(drain, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            drain_ms = drain.as_millis() as u64,
+            "HTTP requests still running at shutdown"
+        );
+    }
+}

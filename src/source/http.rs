@@ -1,0 +1,191 @@
+//! The HTTP source: `POST /events/{topic}` with one JSON object or an array
+//! of them.
+//!
+//! The answer is 202 only once every notification the events produced is
+//! appended (durably, for the store in use): a producer that got 202 can
+//! forget the events. 400 for a body that is not JSON or not objects, 413
+//! above `max_body_bytes`, 503 when the log is unavailable (retry).
+//!
+//! Retried requests: the default dedupe key comes from the request, so a
+//! retry appends again unless the producer sends an `Idempotency-Key`
+//! header; with it, event `i` of the request is `http:<topic>:<key>:<i>`
+//! and a retry appends nothing new.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::{Source, SourceContext, SourceError};
+use crate::event::{Event, Meta, SourceKind};
+use crate::pipeline::{Pipeline, Rejection};
+
+const MAX_TOPIC_LEN: usize = 249;
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSourceConfig {
+    /// Largest request body accepted; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpSourceConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl HttpSourceConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.max_body_bytes == 0 {
+            return Err(("max_body_bytes".into(), "must be greater than 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The HTTP source's routes, mounted on the main server.
+pub fn routes(config: &HttpSourceConfig, pipeline: Arc<Pipeline>) -> Router {
+    Router::new()
+        .route("/events/{topic}", post(ingest))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .with_state(Ingest {
+            pipeline,
+            max_body_bytes: config.max_body_bytes,
+        })
+}
+
+/// The HTTP source is served by the main HTTP server, so running it only
+/// means being ready while the server is.
+#[derive(Debug)]
+pub struct HttpSource;
+
+impl Source for HttpSource {
+    fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>> {
+        async move {
+            ctx.set_ready(true, "serving POST /events/{topic}");
+            ctx.shutdown.cancelled().await;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Ingest {
+    pipeline: Arc<Pipeline>,
+    max_body_bytes: usize,
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, axum::Json(json!({ "error": message.into() }))).into_response()
+}
+
+async fn ingest(
+    State(ingest): State<Ingest>,
+    Path(topic): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let pipeline = &ingest.pipeline;
+    if topic.len() > MAX_TOPIC_LEN || topic.chars().any(char::is_control) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "topic must be at most 249 characters with no control characters",
+        );
+    }
+    let request = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        Some(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN => key.to_string(),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key must be 1 to 200 visible ASCII characters",
+            );
+        }
+        None => format!("req-{:016x}", fastrand::u64(..)),
+    };
+    let position = format!("http:{topic}:{request}");
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let detail = format!("body larger than {} bytes", ingest.max_body_bytes);
+            pipeline.reject("http", &position, Rejection::TooLarge, &detail);
+            return error(StatusCode::PAYLOAD_TOO_LARGE, detail);
+        }
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
+    let payloads = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(o)) => vec![Value::Object(o)],
+        Ok(Value::Array(items)) => {
+            if let Some(i) = items.iter().position(|v| !v.is_object()) {
+                let detail = format!("element {i} of the array is not a JSON object");
+                pipeline.reject("http", &position, Rejection::InvalidJson, &detail);
+                return error(StatusCode::BAD_REQUEST, detail);
+            }
+            items
+        }
+        Ok(_) => {
+            let detail = "expected a JSON object or an array of objects";
+            pipeline.reject("http", &position, Rejection::InvalidJson, detail);
+            return error(StatusCode::BAD_REQUEST, detail);
+        }
+        Err(e) => {
+            let detail = format!("invalid JSON: {e}");
+            pipeline.reject("http", &position, Rejection::InvalidJson, &detail);
+            return error(StatusCode::BAD_REQUEST, detail);
+        }
+    };
+    let visible: BTreeMap<String, String> = headers
+        .iter()
+        .filter(|(name, _)| !matches!(name.as_str(), "authorization" | "cookie"))
+        .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_string())))
+        .collect();
+    let count = payloads.len();
+    // Submit in order first (that fixes the order in the log), then wait.
+    let pending: Vec<_> = payloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, payload)| {
+            let mut meta = Meta::new(SourceKind::Http, topic.clone(), format!("{position}:{i}"));
+            meta.headers = visible.clone();
+            pipeline.submit(&Event { payload, meta })
+        })
+        .collect();
+    let mut totals = (0, 0, 0);
+    for p in pending {
+        match p.await {
+            Ok(done) => {
+                totals.0 += done.appended;
+                totals.1 += done.duplicates;
+                totals.2 += done.failures.len();
+            }
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "ingest failed: store unavailable");
+                return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry"));
+            }
+        }
+    }
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(json!({
+            "events": count,
+            "notifications": totals.0,
+            "duplicates": totals.1,
+            "failed_rules": totals.2,
+        })),
+    )
+        .into_response()
+}

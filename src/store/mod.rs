@@ -1,0 +1,235 @@
+//! The log: per-channel, append-only, with offsets, epochs and dedupe.
+//!
+//! Invariants every [`Store`] keeps:
+//! - per channel, offsets start at 1 and strictly increase with no holes;
+//!   retention trims only from the oldest end;
+//! - a channel's `epoch` changes whenever its history starts afresh (the
+//!   memory store: every start); a client's `last_id` from another epoch is
+//!   never treated as a position in this one;
+//! - `append` is idempotent by dedupe key within the store's dedupe window:
+//!   a key already in the window returns the existing offset and appends
+//!   nothing;
+//! - a notification is published to the hub only once it is durable for the
+//!   store in use, and per channel in offset order: the hub never shows a
+//!   client an offset that a restart could give to something else;
+//! - calls to `append` made one after another keep their order in the log,
+//!   even when the returned futures are awaited later; that is what lets a
+//!   source keep several appends in flight and still acknowledge in order.
+
+pub mod memory;
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::rules::{Priority, Rendered};
+
+pub use memory::MemoryStore;
+
+/// A notification on its way into the log.
+#[derive(Debug, Clone)]
+pub struct NewNotification {
+    pub channel: String,
+    pub dedupe_key: String,
+    /// The frame's notification fields (`"event":…,"title":…,"body":…,
+    /// "data":…,"priority":…`), serialized once before the log adds id,
+    /// offset, epoch and time.
+    pub fields: String,
+}
+
+impl NewNotification {
+    pub fn from_rendered(r: &Rendered) -> Self {
+        #[derive(Serialize)]
+        struct Fields<'a> {
+            event: &'a str,
+            title: &'a str,
+            body: &'a str,
+            data: &'a serde_json::Value,
+            priority: Priority,
+        }
+        let object = serde_json::to_string(&Fields {
+            event: &r.event,
+            title: &r.title,
+            body: &r.body,
+            data: &r.data,
+            priority: r.priority,
+        })
+        .unwrap_or_else(|_| "{}".into());
+        // `{...}` without its braces, to be spliced into the frame.
+        let fields = object[1..object.len() - 1].to_string();
+        Self {
+            channel: r.channel.clone(),
+            dedupe_key: r.dedupe_key.clone(),
+            fields,
+        }
+    }
+}
+
+/// A committed notification: what the hub fans out and replays read.
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel: Arc<str>,
+    pub epoch: Arc<str>,
+    pub offset: u64,
+    /// Milliseconds since the Unix epoch when it was appended.
+    pub at_ms: u64,
+    /// The complete `notification` frame, serialized once and shared by
+    /// every subscriber.
+    pub frame: Utf8Bytes,
+}
+
+impl Delivery {
+    /// Build the frame text for a notification at `offset`.
+    pub fn build(
+        channel: Arc<str>,
+        channel_json: &str,
+        epoch: Arc<str>,
+        offset: u64,
+        at_ms: u64,
+        fields: &str,
+    ) -> Self {
+        let time = crate::clock::rfc3339_ms(at_ms);
+        let mut frame = String::with_capacity(96 + channel_json.len() + fields.len());
+        frame.push_str("{\"type\":\"notification\",\"id\":\"");
+        frame.push_str(&epoch);
+        frame.push('-');
+        frame.push_str(&offset.to_string());
+        frame.push_str("\",\"channel\":");
+        frame.push_str(channel_json);
+        frame.push_str(",\"offset\":");
+        frame.push_str(&offset.to_string());
+        frame.push_str(",\"epoch\":\"");
+        frame.push_str(&epoch);
+        frame.push_str("\",\"time\":\"");
+        frame.push_str(&time);
+        frame.push('"');
+        if !fields.is_empty() {
+            frame.push(',');
+            frame.push_str(fields);
+        }
+        frame.push('}');
+        Self {
+            channel,
+            epoch,
+            offset,
+            at_ms,
+            frame: Utf8Bytes::from(frame),
+        }
+    }
+}
+
+/// The result of appending one notification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub channel: Arc<str>,
+    pub offset: u64,
+    /// The dedupe key was already in the window; nothing was appended.
+    pub duplicate: bool,
+}
+
+/// A page of one channel's log.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub epoch: Arc<str>,
+    /// Oldest retained offset (`last + 1` when nothing is retained).
+    pub first: u64,
+    /// Newest offset ever appended in this epoch (0 when none).
+    pub last: u64,
+    /// Notifications after the requested offset, in order, at most `limit`.
+    pub entries: Vec<Arc<Delivery>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached now; retrying later can help.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store is shutting down.
+    #[error("store closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// Whether retrying the same call later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+/// The per-channel log. See the module docs for the invariants.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Append notifications in order. The call fixes their order; the future
+    /// resolves once they are durable (and published to the hub).
+    fn append(
+        &self,
+        batch: Vec<NewNotification>,
+    ) -> BoxFuture<'static, Result<Vec<Appended>, StoreError>>;
+
+    /// Up to `limit` notifications of `channel` with offsets above `after`,
+    /// plus the channel's epoch and retained range. `limit` 0 reads only the
+    /// head.
+    fn read_after(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Page, StoreError>>;
+
+    /// Drop notifications older than the retention age. Returns how many.
+    fn trim_expired(&self, now_ms: u64) -> BoxFuture<'_, Result<usize, StoreError>>;
+
+    /// Flush and stop accepting appends (last step of shutdown).
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// A fresh epoch: 16 hex digits, no `-`, so `<epoch>-<offset>` splits at
+/// its last dash.
+pub fn new_epoch() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// Parse a notification id `<epoch>-<offset>`.
+pub fn parse_id(id: &str) -> Option<(&str, u64)> {
+    let (epoch, offset) = id.rsplit_once('-')?;
+    if epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    Some((epoch, offset.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip() {
+        let epoch = new_epoch();
+        let id = format!("{epoch}-42");
+        assert_eq!(parse_id(&id), Some((epoch.as_str(), 42)));
+        assert_eq!(parse_id("42"), None);
+        assert_eq!(parse_id("abc-"), None);
+        assert_eq!(parse_id("a b-1"), None);
+        assert_eq!(parse_id("abc--1"), None);
+    }
+
+    #[test]
+    fn frame_is_one_json_object() {
+        let d = Delivery::build(
+            "user:1".into(),
+            "\"user:1\"",
+            "e1".into(),
+            7,
+            1_700_000_000_000,
+            "\"title\":\"t\"",
+        );
+        let v: serde_json::Value = serde_json::from_str(&d.frame).expect("json");
+        assert_eq!(v["id"], "e1-7");
+        assert_eq!(v["offset"], 7);
+        assert_eq!(v["channel"], "user:1");
+        assert_eq!(v["title"], "t");
+        assert_eq!(v["time"], "2023-11-14T22:13:20Z");
+    }
+}

@@ -1,0 +1,237 @@
+//! Shared helpers for integration tests: an in-process herald on
+//! 127.0.0.1:0, an HTTP client for ingest, and a WebSocket client that reads
+//! JSON frames with timeouts (a test never hangs on a missing frame).
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use herald::app::Running;
+use herald::config::Config;
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for one expected frame.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A random name for topics, channels, queues: tests never collide.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
+}
+
+/// A herald running inside the test process.
+pub struct Herald {
+    pub running: Running,
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Herald {
+    /// Built-in defaults, on a random port.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Defaults changed by `edit`, on a random port.
+    pub async fn start_with(edit: impl FnOnce(&mut Config)) -> Self {
+        let mut config = Config::default();
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        config.server.shutdown_timeout_ms = 3000;
+        edit(&mut config);
+        let running = herald::app::start(config).await.expect("herald starts");
+        let base = format!("http://{}", running.local_addr());
+        Self {
+            running,
+            base,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        let addr = self.running.local_addr();
+        if query.is_empty() {
+            format!("ws://{addr}/notifications")
+        } else {
+            format!("ws://{addr}/notifications?{query}")
+        }
+    }
+
+    /// POST `body` to `/events/{topic}`; the status and the JSON answer.
+    pub async fn post(&self, topic: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(topic, serde_json::to_vec(body).unwrap())
+            .await
+    }
+
+    pub async fn post_raw(&self, topic: &str, body: Vec<u8>) -> (u16, Value) {
+        let res = self
+            .http
+            .post(format!("{}/events/{topic}", self.base))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("POST reaches herald");
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// POST and insist on 202.
+    pub async fn publish(&self, topic: &str, body: &Value) -> Value {
+        let (status, answer) = self.post(topic, body).await;
+        assert_eq!(status, 202, "POST /events/{topic}: {answer}");
+        answer
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let res = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("GET reaches herald");
+        (res.status().as_u16(), res.text().await.unwrap_or_default())
+    }
+
+    /// Connect a WebSocket client with `query` (without `?`).
+    pub async fn connect(&self, query: &str) -> Client {
+        Client::connect(&self.ws_url(query)).await
+    }
+
+    /// Connect and wait for `subscribed` on the channels asked for.
+    pub async fn subscribe(&self, query: &str) -> (Client, Value) {
+        let mut client = self.connect(query).await;
+        let subscribed = client.next_of_type("subscribed").await;
+        (client, subscribed)
+    }
+
+    pub async fn stop(self) {
+        self.running.shutdown().await;
+    }
+}
+
+/// A WebSocket client reading one JSON object per text frame.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What the next read produced.
+#[derive(Debug)]
+pub enum Next {
+    Frame(Value),
+    Closed(Option<u16>, String),
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("WebSocket handshake");
+        Self { ws }
+    }
+
+    /// The next JSON frame or the close, skipping control frames.
+    pub async fn next(&mut self) -> Next {
+        loop {
+            let msg = tokio::time::timeout(FRAME_TIMEOUT, self.ws.next())
+                .await
+                .expect("a frame within the timeout");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let v: Value = serde_json::from_str(&t).expect("every text frame is JSON");
+                    assert!(v.is_object(), "every frame is a JSON object: {v}");
+                    return Next::Frame(v);
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return match frame {
+                        Some(f) => Next::Closed(Some(f.code.into()), f.reason.to_string()),
+                        None => Next::Closed(None, String::new()),
+                    };
+                }
+                Some(Ok(Message::Binary(_))) => panic!("herald sends text frames only"),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Next::Closed(None, e.to_string()),
+                None => return Next::Closed(None, "stream ended".into()),
+            }
+        }
+    }
+
+    /// The next JSON frame; panics on close.
+    pub async fn frame(&mut self) -> Value {
+        match self.next().await {
+            Next::Frame(v) => v,
+            Next::Closed(code, reason) => {
+                panic!("closed ({code:?}: {reason}) while a frame was expected")
+            }
+        }
+    }
+
+    /// The next frame, which must have `type` = `ty`.
+    pub async fn next_of_type(&mut self, ty: &str) -> Value {
+        let v = self.frame().await;
+        assert_eq!(v["type"], ty, "expected a {ty} frame, got {v}");
+        v
+    }
+
+    /// `n` notification frames.
+    pub async fn notifications(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            out.push(self.next_of_type("notification").await);
+        }
+        out
+    }
+
+    /// Read until closed; the close code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            if let Next::Closed(code, _) = self.next().await {
+                return code;
+            }
+        }
+    }
+
+    pub async fn send_json(&mut self, v: &Value) {
+        self.ws
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.ws
+            .send(Message::Text(text.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    /// No frame arrives within `wait`.
+    pub async fn assert_quiet(&mut self, wait: Duration) {
+        if let Ok(Some(Ok(msg))) = tokio::time::timeout(wait, self.ws.next()).await {
+            if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
+                panic!("expected no frame, got {msg:?}");
+            }
+        }
+    }
+}
+
+/// The `id` strings of notification frames.
+pub fn ids(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The `offset` numbers of notification frames.
+pub fn offsets(frames: &[Value]) -> Vec<u64> {
+    frames
+        .iter()
+        .map(|f| f["offset"].as_u64().unwrap())
+        .collect()
+}

@@ -1,0 +1,488 @@
+//! The WebSocket gateway against a real server on 127.0.0.1:0 with real
+//! WebSocket clients: subscriptions, replay after disconnect, honest gaps,
+//! the replay→live seam under concurrent appends, slow clients, bad frames.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{Client, Herald, Next, ids, offsets, unique};
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+fn event(channel: &str, n: usize) -> Value {
+    json!({ "type": "test.event", "channel": channel, "title": format!("n{n}"), "body": "b", "data": { "n": n } })
+}
+
+async fn publish_n(h: &Herald, channel: &str, from: usize, to: usize) {
+    for n in from..to {
+        h.publish("t", &event(channel, n)).await;
+    }
+}
+
+#[tokio::test]
+async fn default_session_receives_broadcasts_as_full_notification_frames() {
+    let h = Herald::start().await;
+    let (mut client, subscribed) = h.subscribe("").await;
+    assert_eq!(subscribed["channel"], "broadcast");
+    assert_eq!(subscribed["replayed"], 0);
+    assert_eq!(subscribed["recovered"], true);
+    let answer = h
+        .publish(
+            "demo",
+            &json!({"type": "greeting", "title": "Hello", "body": "world", "priority": "high"}),
+        )
+        .await;
+    assert_eq!(answer["notifications"], 1);
+    let n = client.next_of_type("notification").await;
+    assert_eq!(n["channel"], "broadcast");
+    assert_eq!(n["title"], "Hello");
+    assert_eq!(n["body"], "world");
+    assert_eq!(n["event"], "greeting");
+    assert_eq!(n["priority"], "high");
+    assert_eq!(n["offset"], 1);
+    assert_eq!(n["data"], json!({}));
+    let epoch = n["epoch"].as_str().unwrap();
+    assert_eq!(n["id"], format!("{epoch}-1"));
+    assert!(n["time"].as_str().unwrap().ends_with('Z'));
+    // The position in `subscribed` was the channel head before the event.
+    assert_eq!(subscribed["position"], format!("{epoch}-0"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn reconnect_with_last_id_replays_exactly_what_was_missed_then_goes_live() {
+    let h = Herald::start().await;
+    let channel = unique("user");
+    let (mut client, _) = h.subscribe(&format!("channel={channel}")).await;
+    publish_n(&h, &channel, 0, 3).await;
+    let seen = client.notifications(3).await;
+    let last_id = seen[2]["id"].as_str().unwrap().to_string();
+    drop(client);
+
+    publish_n(&h, &channel, 3, 7).await;
+    let mut client = h
+        .connect(&format!("channel={channel}&last_id={last_id}"))
+        .await;
+    let replayed = client.notifications(4).await;
+    assert_eq!(offsets(&replayed), [4, 5, 6, 7]);
+    let titles: Vec<_> = replayed.iter().map(|f| f["title"].clone()).collect();
+    assert_eq!(titles, [json!("n3"), json!("n4"), json!("n5"), json!("n6")]);
+    let subscribed = client.next_of_type("subscribed").await;
+    assert_eq!(subscribed["replayed"], 4);
+    assert_eq!(subscribed["recovered"], true);
+    assert_eq!(subscribed["position"], replayed[3]["id"]);
+
+    publish_n(&h, &channel, 7, 8).await;
+    let live = client.next_of_type("notification").await;
+    assert_eq!(live["offset"], 8);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_last_id_from_another_epoch_is_not_recovered() {
+    let h = Herald::start().await;
+    let channel = unique("user");
+    publish_n(&h, &channel, 0, 2).await;
+    let mut client = h
+        .connect(&format!("channel={channel}&last_id=0123456789abcdef-1"))
+        .await;
+    let subscribed = client.next_of_type("subscribed").await;
+    assert_eq!(subscribed["recovered"], false);
+    assert_eq!(subscribed["replayed"], 0);
+    let position = subscribed["position"].as_str().unwrap();
+    assert!(position.ends_with("-2"), "live from the head: {position}");
+    assert!(!position.starts_with("0123456789abcdef"));
+    publish_n(&h, &channel, 2, 3).await;
+    assert_eq!(client.next_of_type("notification").await["offset"], 3);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_last_id_older_than_the_retained_history_is_not_recovered() {
+    let h = Herald::start_with(|c| c.store.max_per_channel = 3).await;
+    let channel = unique("user");
+    let (mut watcher, _) = h.subscribe(&format!("channel={channel}")).await;
+    publish_n(&h, &channel, 0, 6).await; // offsets 1..=6, 4..=6 retained
+    let all = watcher.notifications(6).await;
+    let epoch = all[0]["epoch"].as_str().unwrap();
+
+    // After offset 2, offset 3 is needed but trimmed: a gap, said out loud.
+    let mut gap = h
+        .connect(&format!("channel={channel}&last_id={epoch}-2"))
+        .await;
+    let subscribed = gap.next_of_type("subscribed").await;
+    assert_eq!(subscribed["recovered"], false);
+    assert_eq!(subscribed["replayed"], 0);
+    assert_eq!(subscribed["position"], format!("{epoch}-6"));
+
+    // After offset 3 the history still reaches back far enough.
+    let mut ok = h
+        .connect(&format!("channel={channel}&last_id={epoch}-3"))
+        .await;
+    assert_eq!(offsets(&ok.notifications(3).await), [4, 5, 6]);
+    let subscribed = ok.next_of_type("subscribed").await;
+    assert_eq!(subscribed["recovered"], true);
+    assert_eq!(subscribed["replayed"], 3);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_last_id_ahead_of_the_head_is_not_recovered() {
+    let h = Herald::start().await;
+    let channel = unique("c");
+    let (mut c, sub) = h.subscribe(&format!("channel={channel}")).await;
+    let epoch = sub["position"]
+        .as_str()
+        .unwrap()
+        .split('-')
+        .next()
+        .unwrap()
+        .to_string();
+    drop(c);
+    c = h
+        .connect(&format!("channel={channel}&last_id={epoch}-99"))
+        .await;
+    let subscribed = c.next_of_type("subscribed").await;
+    assert_eq!(subscribed["recovered"], false);
+    assert_eq!(subscribed["position"], format!("{epoch}-0"));
+    h.stop().await;
+}
+
+/// The seam under load: two producers append to one channel while a client
+/// keeps dropping and resuming with its last id. In the end it has every
+/// notification exactly once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_seam_has_no_gap_and_no_duplicate_under_concurrent_appends() {
+    const PER_PRODUCER: usize = 600;
+    const BATCH: usize = 5;
+    let h = std::sync::Arc::new(Herald::start().await);
+    let channel = unique("seam");
+    // The first session is live before anything is appended.
+    let (first, subscribed) = h.subscribe(&format!("channel={channel}")).await;
+    assert!(subscribed["position"].as_str().unwrap().ends_with("-0"));
+    let mut first = Some(first);
+    let mut producers = Vec::new();
+    for p in 0..2 {
+        let h = h.clone();
+        let channel = channel.clone();
+        producers.push(tokio::spawn(async move {
+            for batch in 0..PER_PRODUCER / BATCH {
+                let events: Vec<Value> = (0..BATCH)
+                    .map(|i| event(&channel, p * 1_000_000 + batch * BATCH + i))
+                    .collect();
+                h.publish("t", &Value::Array(events)).await;
+            }
+        }));
+    }
+    let total = 2 * PER_PRODUCER as u64;
+    let mut received: Vec<u64> = Vec::new();
+    let mut last_id: Option<String> = None;
+    let mut reconnects = 0;
+    let mut titles = HashSet::new();
+    while (received.len() as u64) < total {
+        let query = match &last_id {
+            Some(id) => format!("channel={channel}&last_id={id}"),
+            None => format!("channel={channel}"),
+        };
+        let mut client = match first.take() {
+            Some(c) => c,
+            None => h.connect(&query).await,
+        };
+        reconnects += 1;
+        // Read a random number of frames, then drop the connection mid-stream.
+        let budget = fastrand::usize(1..120);
+        let mut read = 0;
+        while read < budget && (received.len() as u64) < total {
+            let frame = client.frame().await;
+            match frame["type"].as_str() {
+                Some("notification") => {
+                    let offset = frame["offset"].as_u64().unwrap();
+                    let expected = received.last().map_or(1, |l| l + 1);
+                    assert_eq!(offset, expected, "gap or duplicate at the seam");
+                    assert!(titles.insert(frame["title"].as_str().unwrap().to_string()));
+                    received.push(offset);
+                    last_id = Some(frame["id"].as_str().unwrap().to_string());
+                }
+                Some("subscribed") => {
+                    assert_eq!(frame["recovered"], true, "{frame}");
+                    assert_eq!(
+                        frame["position"].as_str(),
+                        last_id.as_deref(),
+                        "replay ends at the head it read"
+                    );
+                }
+                other => panic!("unexpected frame {other:?}: {frame}"),
+            }
+            read += 1;
+        }
+    }
+    for p in producers {
+        p.await.unwrap();
+    }
+    assert_eq!(received, (1..=total).collect::<Vec<_>>());
+    assert!(
+        reconnects > 5,
+        "the test exercised the seam ({reconnects} connections)"
+    );
+    std::sync::Arc::try_unwrap(h).ok().unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn subscribe_and_unsubscribe_frames_change_what_arrives() {
+    let h = Herald::start().await;
+    let a = unique("a");
+    let b = unique("b");
+    let (mut client, _) = h.subscribe(&format!("channel={a}")).await;
+    client
+        .send_json(&json!({"type": "subscribe", "channel": b}))
+        .await;
+    let sub = client.next_of_type("subscribed").await;
+    assert_eq!(sub["channel"], b.as_str());
+    publish_n(&h, &b, 0, 1).await;
+    assert_eq!(
+        client.next_of_type("notification").await["channel"],
+        b.as_str()
+    );
+    client
+        .send_json(&json!({"type": "unsubscribe", "channel": b}))
+        .await;
+    client.send_json(&json!({"type": "ping"})).await;
+    client.next_of_type("pong").await; // the unsubscribe was handled
+    publish_n(&h, &b, 1, 2).await;
+    publish_n(&h, &a, 0, 1).await;
+    let next = client.next_of_type("notification").await;
+    assert_eq!(next["channel"], a.as_str(), "nothing more from {b}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_frames_get_error_frames_and_the_session_stays_open() {
+    let h = Herald::start_with(|c| c.delivery.max_subscriptions = 2).await;
+    let (mut client, _) = h.subscribe("").await;
+    let cases: Vec<(Message, &str)> = vec![
+        (Message::Text("not json".into()), "bad_frame"),
+        (Message::Text("[1,2]".into()), "bad_frame"),
+        (Message::Text(r#"{"type":"dance"}"#.into()), "bad_frame"),
+        (Message::Text(r#"{"type":"subscribe"}"#.into()), "bad_frame"),
+        (Message::Binary(vec![1, 2, 3].into()), "bad_frame"),
+        (
+            Message::Text(r#"{"type":"subscribe","channel":"has space"}"#.into()),
+            "bad_channel",
+        ),
+        (
+            Message::Text(r#"{"type":"unsubscribe","channel":"never"}"#.into()),
+            "not_subscribed",
+        ),
+    ];
+    for (msg, code) in cases {
+        client.ws.send(msg.clone()).await.unwrap();
+        let err = client.next_of_type("error").await;
+        assert_eq!(err["code"], code, "for {msg:?}: {err}");
+        assert!(!err["message"].as_str().unwrap().is_empty());
+    }
+    // A malformed last_id: an error, then a live subscription that says it
+    // recovered nothing.
+    client
+        .send_json(&json!({"type": "subscribe", "channel": "x1", "last_id": "garbage"}))
+        .await;
+    assert_eq!(client.next_of_type("error").await["code"], "bad_last_id");
+    let sub = client.next_of_type("subscribed").await;
+    assert_eq!(sub["recovered"], false);
+    // broadcast + x1 = 2 = the limit.
+    client
+        .send_json(&json!({"type": "subscribe", "channel": "x2"}))
+        .await;
+    assert_eq!(
+        client.next_of_type("error").await["code"],
+        "too_many_subscriptions"
+    );
+    client.send_json(&json!({"type": "ping"})).await;
+    client.next_of_type("pong").await;
+    h.publish("t", &json!({"title": "still here"})).await;
+    assert_eq!(
+        client.next_of_type("notification").await["title"],
+        "still here"
+    );
+    let (_, metrics) = h.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"herald_client_errors_total{code="bad_frame"} 5"#),
+        "{metrics}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_client_message_closes_with_1009() {
+    let h = Herald::start_with(|c| c.delivery.max_message_bytes = 1024).await;
+    let (mut client, _) = h.subscribe("").await;
+    let big = format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(4096));
+    let _ = client.ws.send(Message::Text(big.into())).await;
+    assert_eq!(client.close_code().await, Some(1009));
+    // Others are unaffected.
+    let (mut other, _) = h.subscribe("").await;
+    other.send_json(&json!({"type": "ping"})).await;
+    other.next_of_type("pong").await;
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn query_with_many_channels_and_bad_channel_names() {
+    let h = Herald::start().await;
+    let mut client = h
+        .connect("channel=ok-1&channel=bad%20name&channel=ok-2")
+        .await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let f = client.frame().await;
+        seen.push((
+            f["type"].as_str().unwrap().to_string(),
+            f["channel"].as_str().unwrap().to_string(),
+        ));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("subscribed".to_string(), "ok-1".to_string()),
+            ("error".to_string(), "bad name".to_string()),
+            ("subscribed".to_string(), "ok-2".to_string()),
+        ]
+    );
+    h.stop().await;
+}
+
+/// One client that stops reading among readers: it is closed with 4008 and
+/// the others receive everything, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_closed_with_4008_and_others_keep_receiving() {
+    const EVENTS: usize = 800;
+    let h = Herald::start_with(|c| {
+        c.delivery.queue_capacity = 64;
+        c.sources = vec![herald::source::SourceConfig::Http(
+            herald::source::http::HttpSourceConfig {
+                max_body_bytes: 8 * 1024 * 1024,
+            },
+        )];
+    })
+    .await;
+    let channel = unique("busy");
+    let query = format!("channel={channel}");
+    // The slow client's socket has a small receive buffer so the server's
+    // writes back up quickly; it does not read until the others are done.
+    let mut slow = {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(h.running.local_addr()).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(h.ws_url(&query), stream)
+            .await
+            .unwrap();
+        Client {
+            ws: tokio_tungstenite::WebSocketStream::from_raw_socket(
+                tokio_tungstenite::MaybeTlsStream::Plain(ws.into_inner()),
+                tokio_tungstenite::tungstenite::protocol::Role::Client,
+                None,
+            )
+            .await,
+        }
+    };
+    let mut fast = Vec::new();
+    for _ in 0..3 {
+        let (mut client, _) = h.subscribe(&query).await;
+        fast.push(tokio::spawn(
+            async move { client.notifications(EVENTS).await },
+        ));
+    }
+    let pad = "p".repeat(10_000);
+    for chunk in 0..EVENTS / 20 {
+        let events: Vec<Value> = (0..20)
+            .map(|i| json!({"channel": channel, "title": format!("{}", chunk * 20 + i), "body": pad}))
+            .collect();
+        h.publish("t", &Value::Array(events)).await;
+    }
+    for reader in fast {
+        let got = reader.await.unwrap();
+        assert_eq!(offsets(&got), (1..=EVENTS as u64).collect::<Vec<_>>());
+    }
+    // Now the slow one reads: a contiguous prefix, then 4008.
+    let mut last = 0;
+    let code = loop {
+        match slow.next().await {
+            Next::Frame(f) if f["type"] == "subscribed" => {}
+            Next::Frame(f) => {
+                let offset = f["offset"].as_u64().unwrap();
+                assert_eq!(offset, last + 1);
+                last = offset;
+            }
+            Next::Closed(code, _) => break code,
+        }
+    };
+    assert_eq!(code, Some(4008));
+    assert!(
+        last < EVENTS as u64,
+        "the slow client was cut off before the end"
+    );
+    let (_, metrics) = h.get("/metrics").await;
+    assert!(
+        metrics.contains(r#"herald_sessions_closed_total{reason="too_slow"} 1"#),
+        "{metrics}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn over_the_connection_limit_a_session_is_closed_with_1013() {
+    let h = Herald::start_with(|c| c.server.max_connections = 1).await;
+    let (first, _) = h.subscribe("").await;
+    let mut second = h.connect("").await;
+    assert_eq!(second.close_code().await, Some(1013));
+    drop(first);
+    // The slot frees up when the first session ends.
+    let mut third = None;
+    for _ in 0..50 {
+        let mut c = h.connect("").await;
+        match c.next().await {
+            Next::Frame(f) if f["type"] == "subscribed" => {
+                third = Some(c);
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert!(third.is_some(), "a slot became free");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_sessions_with_1001() {
+    let h = Herald::start().await;
+    let (mut client, _) = h.subscribe("").await;
+    let stopping = tokio::spawn(h.running.shutdown());
+    assert_eq!(client.close_code().await, Some(1001));
+    stopping.await.unwrap();
+}
+
+#[tokio::test]
+async fn plain_http_on_the_websocket_endpoint_gets_426() {
+    let h = Herald::start().await;
+    let (status, body) = h.get("/notifications").await;
+    assert_eq!(status, 426);
+    assert!(body.contains("WebSocket"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn every_frame_is_one_json_object_with_a_unique_id_per_channel() {
+    let h = Herald::start().await;
+    let (mut client, _) = h.subscribe("").await;
+    for i in 0..20 {
+        h.publish("t", &json!({"title": format!("t{i}")})).await;
+    }
+    let frames = client.notifications(20).await;
+    let unique: HashSet<_> = ids(&frames).into_iter().collect();
+    assert_eq!(unique.len(), 20);
+    h.stop().await;
+}

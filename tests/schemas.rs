@@ -1,0 +1,162 @@
+//! The JSON Schemas under `schemas/` describe what herald really reads and
+//! writes: the example files validate, the built-in defaults validate, and
+//! frames captured from a running server validate.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+
+use common::Herald;
+use herald::config::Config;
+use herald::delivery::protocol::CloseCode;
+use serde_json::{Value, json};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn load(rel: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(root().join(rel)).unwrap())
+        .unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+/// Resolves `https://herald.dev/schemas/X` to `schemas/X`, offline.
+struct Local;
+
+impl jsonschema::Retrieve for Local {
+    fn retrieve(
+        &self,
+        uri: &jsonschema::Uri<String>,
+    ) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+        let name = uri.as_str().rsplit('/').next().unwrap_or_default();
+        Ok(load(&format!("schemas/{name}")))
+    }
+}
+
+fn validator(rel: &str) -> jsonschema::Validator {
+    jsonschema::options()
+        .with_retriever(Local)
+        .build(&load(rel))
+        .unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn assert_valid(v: &jsonschema::Validator, instance: &Value, what: &str) {
+    let errors: Vec<String> = v
+        .iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "{what} does not validate: {errors:#?}\n{instance}"
+    );
+}
+
+fn toml_file(rel: &str) -> Value {
+    let text = std::fs::read_to_string(root().join(rel)).unwrap();
+    toml::from_str(&text).unwrap()
+}
+
+#[test]
+fn example_configs_and_defaults_match_the_config_schema() {
+    let v = validator("schemas/config.schema.json");
+    assert_valid(
+        &v,
+        &toml_file("examples/herald.toml"),
+        "examples/herald.toml",
+    );
+    assert_valid(
+        &v,
+        &serde_json::to_value(Config::default()).unwrap(),
+        "Config::default()",
+    );
+    assert!(
+        !v.is_valid(&json!({"server": {"listn": "x"}})),
+        "unknown keys are invalid"
+    );
+    // The example config also loads in herald itself.
+    let config = Config::load(Some(&root().join("examples/herald.toml")));
+    assert!(config.is_ok(), "{:?}", config.err());
+}
+
+#[test]
+fn example_rules_match_the_rules_schema() {
+    let v = validator("schemas/rules.schema.json");
+    let doc: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root().join("examples/rules.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_valid(&v, &doc, "examples/rules.yaml");
+    let builtin: Value = serde_yaml_ng::from_str(herald::rules::DEFAULT_RULES).unwrap();
+    assert_valid(&v, &builtin, "the built-in rules");
+}
+
+#[test]
+fn client_frames_match_the_client_frame_schema() {
+    let v = validator("schemas/client-frame.schema.json");
+    for frame in [
+        json!({"type": "subscribe", "channel": "user:1"}),
+        json!({"type": "subscribe", "channel": "user:1", "last_id": "ab-3"}),
+        json!({"type": "unsubscribe", "channel": "user:1"}),
+        json!({"type": "ping"}),
+    ] {
+        assert_valid(&v, &frame, "client frame");
+    }
+    assert!(!v.is_valid(&json!({"type": "subscribe"})));
+}
+
+#[test]
+fn close_codes_document_every_code_herald_sends() {
+    let table = load("schemas/close-codes.json");
+    let documented: Vec<(u64, String)> = table
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["code"].as_u64().unwrap(),
+                c["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for code in CloseCode::ALL {
+        assert!(
+            documented.contains(&(u64::from(code.code()), code.reason().to_string())),
+            "{} ({}) is not in schemas/close-codes.json",
+            code.code(),
+            code.reason()
+        );
+    }
+    assert_eq!(documented.len(), CloseCode::ALL.len());
+}
+
+#[tokio::test]
+async fn frames_from_a_running_server_match_the_server_frame_schema() {
+    let frames = validator("schemas/server-frame.schema.json");
+    let notification = validator("schemas/notification.schema.json");
+    let h = Herald::start().await;
+    let (mut client, subscribed) = h.subscribe("channel=user:7").await;
+    assert_valid(&frames, &subscribed, "subscribed");
+    h.publish(
+        "t",
+        &json!({"user_id": 7, "type": "x", "title": "t", "data": {"k": [1]}}),
+    )
+    .await;
+    let n = client.next_of_type("notification").await;
+    assert_valid(&frames, &n, "notification");
+    assert_valid(&notification, &n, "notification");
+    client.send_json(&json!({"type": "ping"})).await;
+    assert_valid(&frames, &client.next_of_type("pong").await, "pong");
+    client.send_text("nope").await;
+    assert_valid(&frames, &client.next_of_type("error").await, "error");
+    client
+        .send_json(&json!({"type": "subscribe", "channel": "c2", "last_id": "junk"}))
+        .await;
+    assert_valid(&frames, &client.next_of_type("error").await, "error");
+    assert_valid(
+        &frames,
+        &client.next_of_type("subscribed").await,
+        "subscribed",
+    );
+    h.stop().await;
+}
