@@ -3,6 +3,8 @@
 //! JSON frames with timeouts (a test never hangs on a missing frame).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod process;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};

@@ -1,0 +1,134 @@
+//! herald as a separate process, for tests that stop it (SIGTERM) or kill
+//! it (SIGKILL) mid-stream and start it again on the same configuration.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A herald child process with its own config file and port.
+pub struct Process {
+    child: Option<Child>,
+    pub port: u16,
+    pub config: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl Process {
+    /// Write `toml` (without `[server] listen`, which is chosen here) and
+    /// start herald on it; returns once `/healthz` answers.
+    pub fn start(toml: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("herald.toml");
+        std::fs::write(&config, toml).unwrap();
+        let log = dir.path().join("herald.log");
+        let mut p = Self {
+            child: None,
+            port: free_port(),
+            config,
+            log,
+            _dir: dir,
+        };
+        p.spawn();
+        p
+    }
+
+    /// A file next to the config (for rules, a disk store, ...).
+    pub fn path(&self, name: &str) -> PathBuf {
+        self._dir.path().join(name)
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("HERALD_SERVER__LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("RUST_LOG", "info,herald=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                panic!("herald exited with {status} at start:\n{}", self.log());
+            }
+            assert!(Instant::now() < deadline, "herald did not listen:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ws_url(&self, query: &str) -> String {
+        format!("ws://127.0.0.1:{}/notifications?{query}", self.port)
+    }
+
+    /// Everything herald logged so far (across restarts).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill").args([sig, &child.id().to_string()]).status();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) {
+        self.signal("-TERM");
+        if let Some(mut child) = self.child.take() {
+            let status = child.wait().unwrap();
+            assert!(status.success(), "herald exited with {status}:\n{}", self.log());
+        }
+    }
+
+    /// SIGKILL: no shutdown at all.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start again on the same config, port and files.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill first");
+        self.spawn();
+    }
+
+    /// Poll `/readyz` until it answers `want` (200 or 503) or `within` passes.
+    pub async fn wait_ready(&self, want: u16, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        let client = reqwest::Client::new();
+        while Instant::now() < deadline {
+            if let Ok(res) = client.get(format!("{}/readyz", self.base())).send().await {
+                if res.status().as_u16() == want {
+                    return true;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
