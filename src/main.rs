@@ -193,6 +193,13 @@ fn init_logging(config: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(&config.level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // lapin logs every broker error it returns at ERROR level, the expected
+    // 404 of a passive declare included; the AMQP source logs each failure
+    // once with its context, so lapin stays silent unless the filter names it.
+    let filter = match "lapin=off".parse() {
+        Ok(off) if !filter.to_string().contains("lapin") => filter.add_directive(off),
+        _ => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

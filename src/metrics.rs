@@ -43,6 +43,59 @@ pub struct Metrics {
     pub client_errors: Family<Labels, Counter>,
     /// Rules versions loaded, by result (`ok`, `rejected`).
     pub rules_reloads: Family<Labels, Counter>,
+    /// The RabbitMQ source's counters (`herald_amqp_*`).
+    pub amqp: AmqpMetrics,
+}
+
+/// The RabbitMQ source's counters, each labelled by source name.
+#[derive(Debug, Default)]
+pub struct AmqpMetrics {
+    /// 1 while the source is connected and consuming.
+    pub connected: Family<Labels, Gauge>,
+    /// Failed connection attempts and lost connections or channels.
+    pub connection_failures: Family<Labels, Counter>,
+    /// Deliveries acknowledged (or rejected to the dead-letter exchange).
+    pub settled: Family<Labels, Counter>,
+    /// `basic.ack` frames sent; each may cover many deliveries.
+    pub ack_frames: Family<Labels, Counter>,
+    /// Poison messages, by outcome: `dead_lettered` (copy confirmed by the
+    /// dead-letter exchange), `unroutable` (the exchange routed the copy
+    /// nowhere), `rejected` (fallback `basic.reject`), `dropped` (no
+    /// dead-letter exchange: acknowledged).
+    pub poison: Family<Labels, Counter>,
+}
+
+impl AmqpMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("amqp");
+        r.register(
+            "connected",
+            "1 while the source is connected and consuming, by source",
+            m.connected.clone(),
+        );
+        r.register(
+            "connection_failures",
+            "Failed connection attempts and lost connections or channels, by source",
+            m.connection_failures.clone(),
+        );
+        r.register(
+            "settled",
+            "Deliveries acknowledged or rejected, by source",
+            m.settled.clone(),
+        );
+        r.register(
+            "ack_frames",
+            "basic.ack frames sent (each may cover many deliveries), by source",
+            m.ack_frames.clone(),
+        );
+        r.register(
+            "poison",
+            "Messages that could not be processed, by source and outcome",
+            m.poison.clone(),
+        );
+        m
+    }
 }
 
 impl Default for Metrics {
@@ -130,6 +183,7 @@ impl Metrics {
             "Rules versions loaded, by result",
             rules_reloads.clone(),
         );
+        let amqp = AmqpMetrics::register(&mut registry);
         Self {
             registry,
             events,
@@ -146,6 +200,7 @@ impl Metrics {
             sessions_closed,
             client_errors,
             rules_reloads,
+            amqp,
         }
     }
 

@@ -7,6 +7,7 @@
 //!
 //! [`Event`]: crate::event::Event
 
+pub mod amqp;
 pub mod http;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,8 @@ use crate::pipeline::Pipeline;
 pub enum SourceConfig {
     /// `POST /events/{topic}` on the main HTTP server.
     Http(http::HttpSourceConfig),
+    /// A RabbitMQ queue (AMQP 0-9-1).
+    Amqp(amqp::AmqpSourceConfig),
 }
 
 impl SourceConfig {
@@ -37,7 +40,6 @@ impl SourceConfig {
 
     /// The HTTP source's settings, when this is one.
     pub fn http(&self) -> Option<&http::HttpSourceConfig> {
-        #[allow(irrefutable_let_patterns)] // until the broker sources land
         if let SourceConfig::Http(c) = self {
             Some(c)
         } else {
@@ -48,6 +50,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Http(_) => "http",
+            SourceConfig::Amqp(_) => "amqp",
         }
     }
 
@@ -55,6 +58,7 @@ impl SourceConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         match self {
             SourceConfig::Http(c) => c.validate(),
+            SourceConfig::Amqp(c) => c.validate(),
         }
     }
 
@@ -62,6 +66,7 @@ impl SourceConfig {
     pub fn build(&self) -> Box<dyn Source> {
         match self {
             SourceConfig::Http(_) => Box::new(http::HttpSource),
+            SourceConfig::Amqp(c) => Box::new(amqp::AmqpSource::new(c.clone())),
         }
     }
 }
