@@ -10,6 +10,8 @@ use std::path::Path;
 use common::Herald;
 use herald::config::Config;
 use herald::delivery::protocol::CloseCode;
+use herald::source::SourceConfig;
+use herald::source::amqp::{AmqpBinding, AmqpSourceConfig};
 use serde_json::{Value, json};
 
 fn root() -> &'static Path {
@@ -77,6 +79,33 @@ fn example_configs_and_defaults_match_the_config_schema() {
     // The example config also loads in herald itself.
     let config = Config::load(Some(&root().join("examples/herald.toml")));
     assert!(config.is_ok(), "{:?}", config.err());
+}
+
+#[test]
+fn amqp_source_configs_match_the_config_schema() {
+    let v = validator("schemas/config.schema.json");
+    let mut amqp = AmqpSourceConfig::new("amqp://guest:guest@localhost:5672/%2f", "herald");
+    amqp.dead_letter_exchange = Some("herald.dead-letter".into());
+    amqp.bindings.push(AmqpBinding {
+        exchange: "events".into(),
+        routing_key: "orders.#".into(),
+    });
+    let mut config = Config::default();
+    config.sources.push(SourceConfig::Amqp(amqp));
+    assert_valid(
+        &v,
+        &serde_json::to_value(&config).unwrap(),
+        "a config with an AMQP source",
+    );
+    let minimal: Value = toml::from_str(
+        "[[sources]]\nkind = \"amqp\"\nurl = \"amqp://localhost\"\nqueue = \"q\"\n",
+    )
+    .unwrap();
+    assert_valid(&v, &minimal, "a minimal AMQP source");
+    let reserved = json!({"sources": [{"kind": "amqp", "url": "amqp://h", "queue": "amq.q"}]});
+    assert!(!v.is_valid(&reserved), "amq. queue names are reserved");
+    let typo = json!({"sources": [{"kind": "amqp", "url": "amqp://h", "queue": "q", "prefech": 1}]});
+    assert!(!v.is_valid(&typo), "unknown keys are invalid");
 }
 
 #[test]
