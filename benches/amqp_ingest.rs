@@ -165,7 +165,10 @@ async fn one_run(url: &str, events: u64, prefetch: u16) -> f64 {
             }
             _ => {}
         }
-        assert!(Instant::now() < deadline, "herald stalled at {count} events");
+        assert!(
+            Instant::now() < deadline,
+            "herald stalled at {count} events"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     running.shutdown().await;

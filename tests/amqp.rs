@@ -166,17 +166,10 @@ impl Broker {
 
     /// Declare `queue` and bind it to `exchange` with `key`.
     async fn declare_bound_queue(&self, queue: &str, exchange: &str, key: &str) {
+        self.try_declare(queue, FieldTable::default())
+            .await
+            .unwrap();
         let ch = self.conn.create_channel().await.unwrap();
-        ch.queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
         ch.queue_bind(
             queue.into(),
             exchange.into(),
@@ -230,33 +223,34 @@ impl Broker {
 
     /// Ready messages in `queue` (unacknowledged ones are not counted).
     async fn ready(&self, queue: &str) -> u32 {
-        let ch = self.conn.create_channel().await.unwrap();
-        ch.queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap()
-        .message_count()
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        self.declare(queue, passive, FieldTable::default())
+            .await
+            .unwrap()
+            .message_count()
     }
 
     /// Declare `queue` (durable) with `arguments`; the broker's answer.
     async fn try_declare(&self, queue: &str, arguments: FieldTable) -> Result<(), lapin::Error> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        self.declare(queue, durable, arguments).await.map(|_| ())
+    }
+
+    /// On a channel of its own: a failed declaration closes its channel.
+    async fn declare(
+        &self,
+        queue: &str,
+        options: QueueDeclareOptions,
+        arguments: FieldTable,
+    ) -> Result<lapin::Queue, lapin::Error> {
         let ch = self.conn.create_channel().await.unwrap();
-        ch.queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await
-        .map(|_| ())
+        ch.queue_declare(queue.into(), options, arguments).await
     }
 
     /// Take up to `n` messages from `queue`, waiting for them.
@@ -296,15 +290,20 @@ fn source(queue: &str, bindings: &[(&str, &str)]) -> AmqpSourceConfig {
     c
 }
 
-/// herald in this process with `amqp` as its only source, once consuming.
-async fn start(amqp: AmqpSourceConfig, rules: &tempfile::TempDir) -> Herald {
+/// herald in this process with `amqp` as its only source and the test
+/// rules (in the returned directory), once consuming, and a client
+/// subscribed to a fresh channel.
+async fn start(amqp: AmqpSourceConfig) -> (Herald, String, Client, tempfile::TempDir) {
+    let rules = tempfile::tempdir().unwrap();
     let h = Herald::start_with(|c| {
         c.sources = vec![SourceConfig::Amqp(amqp)];
-        c.rules.path = Some(rules_file(rules));
+        c.rules.path = Some(rules_file(&rules));
     })
     .await;
     wait_ready(&h, true).await;
-    h
+    let channel = unique("c");
+    let (client, _) = h.subscribe(&format!("channel={channel}")).await;
+    (h, channel, client, rules)
 }
 
 async fn wait_ready(h: &Herald, want: bool) {
@@ -352,7 +351,6 @@ async fn events_reach_clients_in_queue_order_with_their_meta() {
     // An existing exchange of another type is used as it is: declaring it
     // as topic would fail and herald would never become ready.
     broker.declare_exchange(&direct, ExchangeKind::Direct).await;
-    let dir = tempfile::tempdir().unwrap();
     let mut amqp = source(
         &queue,
         &[
@@ -362,9 +360,7 @@ async fn events_reach_clients_in_queue_order_with_their_meta() {
         ],
     );
     amqp.prefetch = 16;
-    let h = start(amqp, &dir).await;
-    let channel = unique("c");
-    let (mut client, _) = h.subscribe(&format!("channel={channel}")).await;
+    let (h, channel, mut client, _rules) = start(amqp).await;
 
     let n = 200;
     for seq in 0..n {
@@ -426,13 +422,10 @@ async fn poison_messages_go_to_the_dead_letter_exchange_with_the_reason() {
     // An existing fanout dead-letter exchange is used as it is.
     broker.declare_exchange(&dlx, ExchangeKind::Fanout).await;
     broker.declare_bound_queue(&dlq, &dlx, "").await;
-    let dir = tempfile::tempdir().unwrap();
     let mut amqp = source(&queue, &[(&exchange, "#")]);
     amqp.dead_letter_exchange = Some(dlx.clone());
     amqp.max_message_bytes = 2048;
-    let h = start(amqp, &dir).await;
-    let channel = unique("c");
-    let (mut client, _) = h.subscribe(&format!("channel={channel}")).await;
+    let (h, channel, mut client, _rules) = start(amqp).await;
 
     let oversized = json!({"channel": channel, "pad": "x".repeat(3000)}).to_string();
     let failing = json!({"type": "fail", "channel": channel}).to_string();
@@ -514,10 +507,7 @@ async fn without_a_dead_letter_exchange_poison_is_counted_and_acknowledged() {
     let mut broker = Broker::connect().await;
     let queue = broker.queue_name("q");
     let exchange = broker.exchange_name("x");
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(source(&queue, &[(&exchange, "#")]), &dir).await;
-    let channel = unique("c");
-    let (mut client, _) = h.subscribe(&format!("channel={channel}")).await;
+    let (h, channel, mut client, _rules) = start(source(&queue, &[(&exchange, "#")])).await;
     assert!(
         broker
             .publish(&exchange, "orders.x", b"nope", BasicProperties::default())
@@ -588,13 +578,10 @@ async fn a_connection_closed_by_the_broker_is_reopened_and_nothing_is_lost() {
     let queue = broker.queue_name("q");
     let exchange = broker.exchange_name("x");
     let relay = Relay::start().await;
-    let dir = tempfile::tempdir().unwrap();
     let mut amqp = source(&queue, &[(&exchange, "orders.*")]);
     amqp.url = relay.url();
     amqp.prefetch = 32;
-    let h = start(amqp, &dir).await;
-    let channel = unique("c");
-    let (mut client, _) = h.subscribe(&format!("channel={channel}")).await;
+    let (h, channel, mut client, _rules) = start(amqp).await;
 
     // Events keep flowing through the close (and 300 more after it). No
     // message id: redeliveries are recognised by the hash of exchange,
@@ -664,10 +651,7 @@ async fn a_deleted_queue_is_declared_and_bound_again() {
     let mut broker = Broker::connect().await;
     let queue = broker.queue_name("q");
     let exchange = broker.exchange_name("x");
-    let dir = tempfile::tempdir().unwrap();
-    let h = start(source(&queue, &[(&exchange, "orders.*")]), &dir).await;
-    let channel = unique("c");
-    let (mut client, _) = h.subscribe(&format!("channel={channel}")).await;
+    let (h, channel, mut client, _rules) = start(source(&queue, &[(&exchange, "orders.*")])).await;
     broker
         .publish_json(&exchange, "orders.a", &order(&channel, 1))
         .await;

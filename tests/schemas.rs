@@ -97,14 +97,14 @@ fn amqp_source_configs_match_the_config_schema() {
         &serde_json::to_value(&config).unwrap(),
         "a config with an AMQP source",
     );
-    let minimal: Value = toml::from_str(
-        "[[sources]]\nkind = \"amqp\"\nurl = \"amqp://localhost\"\nqueue = \"q\"\n",
-    )
-    .unwrap();
+    let minimal: Value =
+        toml::from_str("[[sources]]\nkind = \"amqp\"\nurl = \"amqp://localhost\"\nqueue = \"q\"\n")
+            .unwrap();
     assert_valid(&v, &minimal, "a minimal AMQP source");
     let reserved = json!({"sources": [{"kind": "amqp", "url": "amqp://h", "queue": "amq.q"}]});
     assert!(!v.is_valid(&reserved), "amq. queue names are reserved");
-    let typo = json!({"sources": [{"kind": "amqp", "url": "amqp://h", "queue": "q", "prefech": 1}]});
+    let typo =
+        json!({"sources": [{"kind": "amqp", "url": "amqp://h", "queue": "q", "prefech": 1}]});
     assert!(!v.is_valid(&typo), "unknown keys are invalid");
 }
 
