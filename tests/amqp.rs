@@ -321,14 +321,24 @@ async fn wait_ready(h: &Herald, want: bool) {
     }
 }
 
-/// The value of the first metric line starting with `prefix` (labels included).
-async fn metric(h: &Herald, prefix: &str) -> f64 {
-    let (_, text) = h.get("/metrics").await;
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+/// The metric line starting with `prefix` (labels included), once its value
+/// is at least `at_least` (counters are updated just after the work they
+/// count, which a test may observe first), or when the wait is over.
+async fn metric(h: &Herald, prefix: &str, at_least: f64) -> f64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, text) = h.get("/metrics").await;
+        let value = text
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        if value >= at_least || Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 fn seqs(frames: &[Value]) -> Vec<u64> {
@@ -403,7 +413,12 @@ async fn events_reach_clients_in_queue_order_with_their_meta() {
     assert_eq!(frames[n as usize]["data"]["exchange"], direct.as_str());
     client.assert_quiet(Duration::from_millis(300)).await;
 
-    let settled = metric(&h, "herald_amqp_settled_total{source=\"amqp\"}").await;
+    let settled = metric(
+        &h,
+        "herald_amqp_settled_total{source=\"amqp\"}",
+        (n + 2) as f64,
+    )
+    .await;
     assert_eq!(settled, (n + 2) as f64, "every delivery acknowledged");
     h.stop().await;
     assert_eq!(broker.ready(&queue).await, 0, "nothing left unacknowledged");
@@ -481,6 +496,7 @@ async fn poison_messages_go_to_the_dead_letter_exchange_with_the_reason() {
     let dead_lettered = metric(
         &h,
         "herald_amqp_poison_total{source=\"amqp\",outcome=\"dead_lettered\"}",
+        4.0,
     )
     .await;
     assert_eq!(dead_lettered, 4.0);
@@ -521,12 +537,14 @@ async fn without_a_dead_letter_exchange_poison_is_counted_and_acknowledged() {
     let rejected = metric(
         &h,
         "herald_events_rejected_total{source=\"amqp\",reason=\"invalid_json\"}",
+        1.0,
     )
     .await;
     assert_eq!(rejected, 1.0);
     let dropped = metric(
         &h,
         "herald_amqp_poison_total{source=\"amqp\",outcome=\"dropped\"}",
+        1.0,
     )
     .await;
     assert_eq!(dropped, 1.0);
@@ -634,9 +652,14 @@ async fn a_connection_closed_by_the_broker_is_reopened_and_nothing_is_lost() {
         "every event exactly once, in order"
     );
     client.assert_quiet(Duration::from_millis(500)).await;
-    let failures = metric(&h, "herald_amqp_connection_failures_total{source=\"amqp\"}").await;
+    let failures = metric(
+        &h,
+        "herald_amqp_connection_failures_total{source=\"amqp\"}",
+        1.0,
+    )
+    .await;
     assert!(failures >= 1.0, "the close was noticed");
-    let duplicates = metric(&h, "herald_notifications_duplicate_total").await;
+    let duplicates = metric(&h, "herald_notifications_duplicate_total", 1.0).await;
     assert!(
         duplicates >= 1.0,
         "the unacknowledged window came back and was deduplicated"
@@ -734,6 +757,7 @@ async fn an_unreachable_broker_or_bad_credentials_is_not_ready_and_not_a_crash()
     let failures = metric(
         &h,
         "herald_amqp_connection_failures_total{source=\"amqp-1\"}",
+        1.0,
     )
     .await;
     assert!(failures >= 1.0);
