@@ -303,8 +303,8 @@ impl Source for AmqpSource {
                     .build()
             };
             let mut delays = backoff();
+            ctx.set_ready(false, format!("connecting to {endpoint}"));
             loop {
-                ctx.set_ready(false, format!("connecting to {endpoint}"));
                 let connect = tokio::time::timeout(
                     Duration::from_millis(config.connect_timeout_ms),
                     Link::open(&config, uri.clone()),
@@ -345,6 +345,8 @@ impl Source for AmqpSource {
                     retry_in_ms = delay.as_millis() as u64,
                     "AMQP source disconnected; reconnecting"
                 );
+                // Kept while the next attempt runs, so a slow attempt does
+                // not hide why the last one failed.
                 ctx.set_ready(
                     false,
                     format!("disconnected from {endpoint}: {error}; retrying"),
@@ -694,11 +696,12 @@ impl<'a> Consume<'a> {
     /// already taken.
     async fn drain(&mut self) -> Result<(), AmqpError> {
         let tag = self.link.consumer.tag();
-        let _ = self
+        let cancel = self
             .link
             .channel
-            .basic_cancel(tag, BasicCancelOptions::default())
-            .await;
+            .basic_cancel(tag, BasicCancelOptions::default());
+        // A broken connection cannot cancel; the close below covers it.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, cancel).await;
         while let Some((delivery, verdict)) = self.window.settle_next().await {
             self.settle(delivery, verdict).await?;
         }
