@@ -3,7 +3,9 @@
 //! JSON frames with timeouts (a test never hangs on a missing frame).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod crash;
 pub mod process;
+pub mod redis_server;
 
 use std::time::Duration;
 
