@@ -107,7 +107,13 @@ async fn epoch_offsets_and_frames_are_identical_after_kill_9() {
     let (_, before, subscribed) = resume(&herald, &channel, Some("x-0")).await;
     assert_eq!(subscribed["recovered"], false, "x is not the epoch");
     let (_, before_all, _) = {
-        let epoch = subscribed["position"].as_str().unwrap().rsplit_once('-').unwrap().0.to_string();
+        let epoch = subscribed["position"]
+            .as_str()
+            .unwrap()
+            .rsplit_once('-')
+            .unwrap()
+            .0
+            .to_string();
         resume(&herald, &channel, Some(&format!("{epoch}-0"))).await
     };
     assert!(before.is_empty());
@@ -141,7 +147,13 @@ async fn retention_by_count_is_kept_across_restarts_and_trimmed_history_is_not_r
         publish(&herald, &channel, n).await;
     }
     let (_, _, head) = resume(&herald, &channel, None).await;
-    let epoch = head["position"].as_str().unwrap().rsplit_once('-').unwrap().0.to_string();
+    let epoch = head["position"]
+        .as_str()
+        .unwrap()
+        .rsplit_once('-')
+        .unwrap()
+        .0
+        .to_string();
     assert_eq!(head["position"], format!("{epoch}-8"));
     herald.stop();
     herald.restart();
@@ -165,7 +177,13 @@ async fn retention_by_age_trims_in_the_background() {
     }
     let (_, replayed, head) = resume(&herald, &channel, None).await;
     assert!(replayed.is_empty());
-    let epoch = head["position"].as_str().unwrap().rsplit_once('-').unwrap().0.to_string();
+    let epoch = head["position"]
+        .as_str()
+        .unwrap()
+        .rsplit_once('-')
+        .unwrap()
+        .0
+        .to_string();
     let from_start = format!("{epoch}-0");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -200,8 +218,11 @@ async fn a_disk_that_refuses_writes_gets_503_and_nothing_acknowledged_is_lost() 
     let mut accepted = 1;
     let mut refused = 0;
     for n in 1..200 {
-        let (status, answer) =
-            post(&herald, &json!({"channel": channel, "title": format!("n{n}"), "body": big})).await;
+        let (status, answer) = post(
+            &herald,
+            &json!({"channel": channel, "title": format!("n{n}"), "body": big}),
+        )
+        .await;
         match status {
             202 => accepted += 1,
             503 => {
@@ -235,7 +256,13 @@ async fn a_disk_that_refuses_writes_gets_503_and_nothing_acknowledged_is_lost() 
     herald.restart();
     let (_, head, answer) = resume(&herald, &channel, None).await;
     assert!(head.is_empty());
-    let epoch = answer["position"].as_str().unwrap().rsplit_once('-').unwrap().0.to_string();
+    let epoch = answer["position"]
+        .as_str()
+        .unwrap()
+        .rsplit_once('-')
+        .unwrap()
+        .0
+        .to_string();
     let (_, replayed, answer) = resume(&herald, &channel, Some(&format!("{epoch}-0"))).await;
     assert_eq!(answer["recovered"], true);
     // Everything acknowledged is there, in order, and nothing refused.

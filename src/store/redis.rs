@@ -19,7 +19,9 @@
 //!   order. The appending node does not publish directly, so nothing is
 //!   published twice, and nothing before Redis has it;
 //! - after a lost connection the feed resumes after the last entry it saw,
-//!   so a Redis restart with persistence loses nothing live either; the
+//!   so a Redis restart with persistence loses nothing live either. Until
+//!   the feed first knows where it starts, reads fail, so no session can
+//!   subscribe before a point the feed would skip; the
 //!   command connection reconnects by itself (`ConnectionManager`). While
 //!   Redis is unreachable appends fail with [`StoreError::Unavailable`] and
 //!   sources do not acknowledge.
@@ -33,6 +35,7 @@
 //! retention by age visits). Scripts name their keys in `KEYS`, but one
 //! group spans many channels: Redis Cluster is not supported.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -190,6 +193,9 @@ struct Settings {
     dedupe_window: usize,
     max_age_ms: u64,
     metrics: Arc<Metrics>,
+    /// Set once the live feed knows where it starts. Until then reads fail:
+    /// a session that subscribed before would miss what the feed skips.
+    feeding: AtomicBool,
 }
 
 /// See the module docs.
@@ -241,25 +247,22 @@ impl RedisStore {
             dedupe_window: config.dedupe_window,
             max_age_ms: config.max_age_secs.saturating_mul(1000),
             metrics,
+            feeding: AtomicBool::new(false),
         });
-        let mut probe = conn.clone();
-        let ping_cmd = redis::cmd("PING");
-        let ping = ping_cmd.query_async::<String>(&mut probe);
-        match tokio::time::timeout(Duration::from_secs(3), ping).await {
-            Ok(Ok(_)) => {
-                tracing::info!(%addr, prefix = %settings.keys.prefix, "redis store connected")
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(%addr, error = %e, "redis unreachable at start; appends fail until it answers");
-            }
-            Err(_) => {
-                tracing::warn!(%addr, "redis did not answer at start; appends fail until it does")
-            }
-        }
         let (queue, rx) = group::queue();
         let stop = CancellationToken::new();
         let writer = tokio::spawn(write(rx, conn.clone(), settings.clone()));
         let feed = tokio::spawn(feed(client, settings.clone(), hub, stop.clone()));
+        // Serve once the feed follows Redis, or after 3 s without Redis.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        while !settings.feeding.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if settings.feeding.load(Ordering::Acquire) {
+            tracing::info!(%addr, prefix = %settings.keys.prefix, "redis store connected");
+        } else {
+            tracing::warn!(%addr, "redis unreachable at start; appends and reads fail until it answers");
+        }
         Ok(Self {
             conn,
             settings,
@@ -298,6 +301,11 @@ impl Store for RedisStore {
         let mut conn = self.conn.clone();
         let channel = channel.to_string();
         async move {
+            if !self.settings.feeding.load(Ordering::Acquire) {
+                return Err(StoreError::Unavailable(
+                    "redis: live feed not connected yet".into(),
+                ));
+            }
             let reply: Result<Value, _> = invocation.invoke_async(&mut conn).await;
             let page = reply
                 .map_err(|e| e.to_string())
@@ -512,7 +520,7 @@ async fn feed(client: Client, settings: Arc<Settings>, hub: Arc<Hub>, stop: Canc
                     failing = false;
                 }
                 backoff = Duration::from_millis(100);
-                match follow(&mut conn, &settings.keys, &hub, &mut cursor, &stop).await {
+                match follow(&mut conn, &settings, &hub, &mut cursor, &stop).await {
                     Ok(()) => return,
                     Err(e) => e,
                 }
@@ -536,12 +544,12 @@ async fn feed(client: Client, settings: Arc<Settings>, hub: Arc<Hub>, stop: Canc
 /// fails.
 async fn follow(
     conn: &mut MultiplexedConnection,
-    keys: &Keys,
+    settings: &Settings,
     hub: &Hub,
     cursor: &mut Option<String>,
     stop: &CancellationToken,
 ) -> redis::RedisResult<()> {
-    let notify = keys.notify();
+    let notify = settings.keys.notify();
     let newest: Value = redis::cmd("XREVRANGE")
         .arg(&notify)
         .arg("+")
@@ -552,7 +560,8 @@ async fn follow(
         .await?;
     let newest = stream_entries(&newest).first().map(|e| e.id.clone());
     *cursor = match (cursor.take(), newest) {
-        // First start: only what is appended from now on.
+        // First start: only what is appended from now on (no session could
+        // subscribe before: reads fail until `feeding`).
         (None, newest) => Some(newest.unwrap_or_else(|| "0-0".into())),
         // The stream is gone or older than our position: Redis lost data
         // and started a new stream; read all of it.
@@ -563,6 +572,7 @@ async fn follow(
         }
         (Some(at), Some(_)) => Some(at),
     };
+    settings.feeding.store(true, Ordering::Release);
     let mut channel_names: std::collections::HashMap<String, (Arc<str>, String)> =
         std::collections::HashMap::new();
     loop {

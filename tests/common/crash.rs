@@ -27,8 +27,7 @@ pub trait Producer: Send + Sync + 'static {
     /// Give `events` (consecutive ones of `channel`, starting at `first`)
     /// to the source; return once it accepted them durably, retrying
     /// through restarts and outages until then.
-    fn send<'a>(&'a self, channel: &'a str, first: usize, events: Vec<Value>)
-    -> BoxFuture<'a, ()>;
+    fn send<'a>(&'a self, channel: &'a str, first: usize, events: Vec<Value>) -> BoxFuture<'a, ()>;
 }
 
 /// Event number `seq` of `channel`, for the built-in rule.
@@ -406,12 +405,7 @@ impl HttpProducer {
 }
 
 impl Producer for HttpProducer {
-    fn send<'a>(
-        &'a self,
-        channel: &'a str,
-        first: usize,
-        events: Vec<Value>,
-    ) -> BoxFuture<'a, ()> {
+    fn send<'a>(&'a self, channel: &'a str, first: usize, events: Vec<Value>) -> BoxFuture<'a, ()> {
         async move {
             let key = format!("{}-{channel}-{first}", self.run);
             let mut attempt = first / events.len().max(1);
