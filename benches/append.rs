@@ -2,10 +2,13 @@
 //!
 //!     cargo bench --bench append                  # 3 runs of each
 //!     cargo bench --bench append -- --quick       # 1 short run of each
+//!     cargo bench --bench append -- --window 512  # appends in flight per source
+//!     cargo bench --bench append -- --only disk   # one store kind
+//!     cargo bench --bench append -- --channels 10 # channels appended to
 //!
-//! Append: `SOURCES` tasks each keep a window of `WINDOW` appends in flight
+//! Append: `SOURCES` tasks each keep a window of appends in flight
 //! (as a broker source does) and await them in order; one notification per
-//! append, spread over `CHANNELS` channels. With group commit the disk and
+//! append, spread over the channels. With group commit the disk and
 //! Redis stores commit everything queued per fsync / round trip.
 //! Ingest: `CLIENTS` HTTP clients post one event per request to an
 //! in-process herald (202 only once durable), through the built-in rule.
@@ -23,12 +26,12 @@ use std::time::Instant;
 use herald::config::{Config, StoreConfig, StoreKind};
 use herald::delivery::hub::Hub;
 use herald::metrics::Metrics;
-use herald::store::{NewNotification, Store};
+use herald::store::NewNotification;
 use serde_json::json;
 
 const SOURCES: usize = 8;
-const WINDOW: usize = 64;
-const CHANNELS: usize = 1000;
+const DEFAULT_WINDOW: usize = 64;
+const DEFAULT_CHANNELS: usize = 1000;
 const CLIENTS: usize = 32;
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// A typical notification's fields (about 120 bytes).
@@ -61,6 +64,16 @@ fn main() {
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
+    let window = args
+        .iter()
+        .position(|a| a == "--window")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(DEFAULT_WINDOW);
+    let channels = args
+        .iter()
+        .position(|a| a == "--channels")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(DEFAULT_CHANNELS);
     let runs = if quick { 1 } else { 3 };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -70,7 +83,15 @@ fn main() {
     runtime.block_on(async move {
         let redis = redis_up().await;
         let mut rows = Vec::new();
-        for kind in [StoreKind::Memory, StoreKind::Disk, StoreKind::Redis] {
+        let only = args
+            .iter()
+            .position(|a| a == "--only")
+            .and_then(|i| args.get(i + 1).cloned());
+        let kinds: Vec<StoreKind> = [StoreKind::Memory, StoreKind::Disk, StoreKind::Redis]
+            .into_iter()
+            .filter(|k| only.as_deref().is_none_or(|o| o == k.as_str()))
+            .collect();
+        for &kind in &kinds {
             if kind == StoreKind::Redis && !redis {
                 println!("redis: nothing answers at {REDIS_URL}; skipped");
                 continue;
@@ -80,14 +101,14 @@ fn main() {
                 (_, false) => 200_000,
                 (_, true) => 20_000,
             };
-            rows.push(append_bench(kind, events, runs).await);
+            rows.push(append_bench(kind, events, runs, window, channels).await);
         }
-        for kind in [StoreKind::Memory, StoreKind::Disk, StoreKind::Redis] {
+        for &kind in &kinds {
             if kind == StoreKind::Redis && !redis {
                 continue;
             }
             let events = if quick { 5_000 } else { 50_000 };
-            rows.push(ingest_bench(kind, events, runs).await);
+            rows.push(ingest_bench(kind, events, runs, channels).await);
         }
         report(&rows);
     });
@@ -121,9 +142,15 @@ fn prefix() -> String {
     format!("herald-bench-{:08x}:", fastrand::u32(..))
 }
 
-async fn append_bench(kind: StoreKind, events: usize, runs: usize) -> Row {
+async fn append_bench(
+    kind: StoreKind,
+    events: usize,
+    runs: usize,
+    window: usize,
+    channels: usize,
+) -> Row {
     let mut row = Row {
-        scenario: format!("append ({SOURCES} sources x {WINDOW} in flight)"),
+        scenario: format!("append ({SOURCES} x {window} in flight, {channels} channels)"),
         store: kind.as_str(),
         events,
         runs: Vec::new(),
@@ -144,15 +171,15 @@ async fn append_bench(kind: StoreKind, events: usize, runs: usize) -> Row {
             .map(|s| {
                 let store = store.clone();
                 tokio::spawn(async move {
-                    let mut inflight = VecDeque::with_capacity(WINDOW);
+                    let mut inflight = VecDeque::with_capacity(window);
                     for i in 0..per {
                         let n = NewNotification {
-                            channel: format!("user:{}", (s * per + i) % CHANNELS),
+                            channel: format!("user:{}", (s * per + i) % channels),
                             dedupe_key: format!("{run}-{s}-{i}"),
                             fields: FIELDS.to_string(),
                         };
                         inflight.push_back(store.append(vec![n]));
-                        if inflight.len() >= WINDOW {
+                        if inflight.len() >= window {
                             if let Some(first) = inflight.pop_front() {
                                 first.await.expect("append");
                             }
@@ -182,7 +209,7 @@ async fn append_bench(kind: StoreKind, events: usize, runs: usize) -> Row {
     row
 }
 
-async fn ingest_bench(kind: StoreKind, events: usize, runs: usize) -> Row {
+async fn ingest_bench(kind: StoreKind, events: usize, runs: usize, channels: usize) -> Row {
     let mut row = Row {
         scenario: format!("HTTP ingest ({CLIENTS} clients, 1 event per request)"),
         store: kind.as_str(),
@@ -209,7 +236,7 @@ async fn ingest_bench(kind: StoreKind, events: usize, runs: usize) -> Row {
                     for i in 0..per {
                         let event = json!({
                             "type": "order.shipped",
-                            "user_id": (c * per + i) % CHANNELS,
+                            "user_id": (c * per + i) % channels,
                             "title": "Order 1234 has shipped",
                             "body": "Arriving Friday",
                         });
@@ -288,7 +315,7 @@ fn report(rows: &[Row]) {
     let _ = std::fs::create_dir_all(&out);
     let file = out.join("append.json");
     match serde_json::to_string_pretty(rows) {
-        Ok(text) if std::fs::write(&file, text).is_ok() => {
+        Ok(text) if std::fs::write(&file, &text).is_ok() => {
             println!("\nwritten: {}", file.display());
         }
         _ => println!("\ncould not write {}", file.display()),

@@ -168,7 +168,10 @@ fn store_kinds_and_their_keys_agree_between_schema_and_config() {
         (json!({}), true),
         (json!({"kind": "memory"}), true),
         (json!({"kind": "disk", "path": "/var/lib/herald"}), true),
-        (json!({"kind": "redis", "url": "redis://127.0.0.1:6379"}), true),
+        (
+            json!({"kind": "redis", "url": "redis://127.0.0.1:6379"}),
+            true,
+        ),
         (
             json!({"kind": "redis", "url": "rediss://r:6380/2", "key_prefix": "app1:"}),
             true,
@@ -178,9 +181,18 @@ fn store_kinds_and_their_keys_agree_between_schema_and_config() {
         (json!({"kind": "memory", "url": "redis://x"}), false),
         (json!({"kind": "redis"}), false),
         (json!({"kind": "redis", "url": "http://x"}), false),
-        (json!({"kind": "redis", "url": "redis://x", "path": "/x"}), false),
-        (json!({"kind": "disk", "path": "/x", "key_prefix": "p"}), false),
-        (json!({"kind": "redis", "url": "redis://x", "key_prefix": "a b"}), false),
+        (
+            json!({"kind": "redis", "url": "redis://x", "path": "/x"}),
+            false,
+        ),
+        (
+            json!({"kind": "disk", "path": "/x", "key_prefix": "p"}),
+            false,
+        ),
+        (
+            json!({"kind": "redis", "url": "redis://x", "key_prefix": "a b"}),
+            false,
+        ),
         (json!({"kind": "cassandra"}), false),
     ] {
         let config = json!({ "store": store });
