@@ -105,7 +105,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let store = crate::store::open(&config.store, hub.clone(), metrics.clone()).await?;
     metrics.rules_loaded(true);
     tracing::info!(origin = rules.origin(), rules = rules.len(), "rules loaded");
-    let pipeline = Arc::new(Pipeline::new(rules, store.clone(), metrics.clone()));
+    let pipeline = Arc::new(Pipeline::new(
+        rules,
+        store.clone(),
+        metrics.clone(),
+        config.rules.max_notification_bytes,
+    ));
 
     let readiness = Readiness::default();
     let mut sources = Vec::new();
@@ -153,6 +158,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             shutdown: sessions_stop.clone(),
         }),
         connections: Arc::new(Semaphore::new(config.server.max_connections)),
+        max_notification_bytes: config.rules.max_notification_bytes,
         sessions: TaskTracker::new(),
     });
     let router = router(&config, &gateway, &pipeline, &readiness, &metrics);

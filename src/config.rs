@@ -104,6 +104,9 @@ pub struct RulesConfig {
     /// Reload the file when it changes; an invalid version is rejected and
     /// the previous one stays live.
     pub watch: bool,
+    /// Largest notification (its serialized title, body, data...) a rule
+    /// may produce; a larger one fails that rule for that event.
+    pub max_notification_bytes: usize,
 }
 
 impl Default for RulesConfig {
@@ -111,6 +114,7 @@ impl Default for RulesConfig {
         Self {
             path: None,
             watch: true,
+            max_notification_bytes: 256 * 1024,
         }
     }
 }
@@ -339,6 +343,10 @@ impl Config {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let positive = [
             ("server.max_connections", self.server.max_connections),
+            (
+                "rules.max_notification_bytes",
+                self.rules.max_notification_bytes,
+            ),
             ("store.max_per_channel", self.store.max_per_channel),
             ("store.dedupe_window", self.store.dedupe_window),
             ("delivery.queue_capacity", self.delivery.queue_capacity),

@@ -19,7 +19,7 @@ use futures_util::FutureExt;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
-use crate::rules::{Evaluation, RuleFailure, Rules};
+use crate::rules::{RuleFailure, Rules};
 use crate::store::{NewNotification, Store, StoreError};
 
 /// Why an event produced nothing; a source dead-letters these where it can.
@@ -62,14 +62,23 @@ pub struct Pipeline {
     rules: ArcSwap<Rules>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    /// Largest serialized notification; larger ones fail their rule. Every
+    /// session must be able to write one, and every client to receive it.
+    max_notification_bytes: usize,
 }
 
 impl Pipeline {
-    pub fn new(rules: Rules, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        rules: Rules,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        max_notification_bytes: usize,
+    ) -> Self {
         Self {
             rules: ArcSwap::from_pointee(rules),
             store,
             metrics,
+            max_notification_bytes,
         }
     }
 
@@ -81,10 +90,6 @@ impl Pipeline {
     /// Make `rules` the live version; events submitted from now on use it.
     pub fn set_rules(&self, rules: Rules) {
         self.rules.store(Arc::new(rules));
-    }
-
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -113,20 +118,36 @@ impl Pipeline {
         let source = event.meta.source.as_str();
         self.metrics.event(source);
         let evaluation = self.rules.load().evaluate(event);
-        self.report_failures(event, &evaluation);
-        let rejection = evaluation.all_failed().then_some(Rejection::AllRulesFailed);
+        let mut failures = evaluation.failures;
+        let mut batch = Vec::with_capacity(evaluation.notifications.len());
+        for rendered in &evaluation.notifications {
+            let n = NewNotification::from_rendered(rendered);
+            if n.fields.len() > self.max_notification_bytes {
+                failures.push(RuleFailure {
+                    rule: rendered.rule.clone(),
+                    field: "emit".into(),
+                    index: None,
+                    message: format!(
+                        "the notification is {} bytes, over rules.max_notification_bytes ({})",
+                        n.fields.len(),
+                        self.max_notification_bytes
+                    ),
+                });
+            } else {
+                batch.push(n);
+            }
+        }
+        self.report_failures(event, &failures);
+        let rejection =
+            (!failures.is_empty() && batch.is_empty()).then_some(Rejection::AllRulesFailed);
         if let Some(r) = rejection {
             self.metrics.rejected(source, r.as_str());
+        } else if evaluation.matched == 0 {
+            // Not an error (a topic carries types nobody notifies about),
+            // but counted, so a rule that never matches shows up.
+            self.metrics.rejected(source, "no_rule_matched");
+            tracing::debug!(source, topic = %event.meta.topic, position = %event.meta.position, "no rule matched");
         }
-        let Evaluation {
-            notifications,
-            failures,
-            ..
-        } = evaluation;
-        let batch: Vec<NewNotification> = notifications
-            .iter()
-            .map(NewNotification::from_rendered)
-            .collect();
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let append = (!batch.is_empty()).then(|| self.store.append(batch));
@@ -160,13 +181,8 @@ impl Pipeline {
         .boxed()
     }
 
-    /// Evaluate and append `event`, waiting until it is durable.
-    pub async fn process(&self, event: &Event) -> Result<Processed, StoreError> {
-        self.submit(event).await
-    }
-
-    fn report_failures(&self, event: &Event, evaluation: &Evaluation) {
-        for f in &evaluation.failures {
+    fn report_failures(&self, event: &Event, failures: &[RuleFailure]) {
+        for f in failures {
             self.metrics.rule_failed(&f.rule);
             tracing::warn!(
                 rule = %f.rule,

@@ -1,10 +1,15 @@
 //! `herald tail`: a minimal WebSocket client that prints every frame it
-//! receives as one JSON line, for trying herald and for scripts. It resumes
-//! with the last id it saw when the connection drops.
+//! receives as one JSON line, for trying herald and for scripts.
+//!
+//! It keeps the last id of every channel it has seen (from notifications and
+//! from `subscribed` positions) and, when the connection drops, reconnects
+//! and resumes each channel from its own last id.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 /// What to connect to.
@@ -12,39 +17,74 @@ use tokio_tungstenite::tungstenite::Message;
 pub struct Tail {
     /// `ws://host:port/notifications`.
     pub url: String,
+    /// Channels to follow; empty means the server's default channels.
     pub channels: Vec<String>,
+    /// Resume the first channel after this id.
     pub last_id: Option<String>,
     /// Stop after this many notifications (0: never).
     pub count: usize,
 }
 
-/// Connect, print frames, reconnect with the last id until `count`
+/// Connect, print frames, reconnect with the last ids until `count`
 /// notifications were printed. Errors only when the first connect fails.
 pub async fn run(tail: Tail) -> Result<(), String> {
-    let mut last_id = tail.last_id.clone();
+    // Channels in subscription order, learnt from `subscribed` frames when
+    // the server chose them.
+    let mut channels = tail.channels.clone();
+    let mut last_ids: HashMap<String, String> = HashMap::new();
+    if let (Some(first), Some(id)) = (channels.first(), &tail.last_id) {
+        last_ids.insert(first.clone(), id.clone());
+    }
     let mut printed = 0usize;
-    let mut first = true;
+    let mut first_attempt = true;
     loop {
-        let url = url_with(&tail.url, &tail.channels, last_id.as_deref());
+        let url = match channels.first() {
+            Some(primary) => url_with(&tail.url, primary, last_ids.get(primary)),
+            // Server defaults, first connection only.
+            None => url_without_channel(&tail.url, tail.last_id.as_deref()),
+        };
         let mut ws = match tokio_tungstenite::connect_async(&url).await {
             Ok((ws, _)) => ws,
-            Err(e) if first => return Err(format!("cannot connect to {url}: {e}")),
+            Err(e) if first_attempt => return Err(format!("cannot connect to {url}: {e}")),
             Err(e) => {
                 eprintln!("herald tail: {e}; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
         };
-        first = false;
+        first_attempt = false;
+        // The other channels resume with their own last ids.
+        for channel in channels.iter().skip(1) {
+            let mut frame = json!({ "type": "subscribe", "channel": channel });
+            if let Some(id) = last_ids.get(channel) {
+                frame["last_id"] = json!(id);
+            }
+            if let Err(e) = ws.send(Message::Text(frame.to_string().into())).await {
+                eprintln!("herald tail: {e}");
+            }
+        }
         while let Some(msg) = ws.next().await {
             match msg {
                 Ok(Message::Text(text)) => {
                     println!("{text}");
-                    let frame: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                    if frame["type"] == "notification" {
-                        if frame["channel"].as_str() == primary(&tail.channels) {
-                            last_id = frame["id"].as_str().map(str::to_string);
+                    let frame: Value = serde_json::from_str(&text).unwrap_or_default();
+                    let (Some(kind), Some(channel)) =
+                        (frame["type"].as_str(), frame["channel"].as_str())
+                    else {
+                        continue;
+                    };
+                    let id = match kind {
+                        "notification" => frame["id"].as_str(),
+                        "subscribed" => frame["position"].as_str(),
+                        _ => None,
+                    };
+                    if let Some(id) = id {
+                        if !channels.iter().any(|c| c == channel) {
+                            channels.push(channel.to_string());
                         }
+                        last_ids.insert(channel.to_string(), id.to_string());
+                    }
+                    if kind == "notification" {
                         printed += 1;
                         if tail.count > 0 && printed >= tail.count {
                             return Ok(());
@@ -66,19 +106,23 @@ pub async fn run(tail: Tail) -> Result<(), String> {
     }
 }
 
-fn primary(channels: &[String]) -> Option<&str> {
-    Some(channels.first().map_or("broadcast", String::as_str))
+fn url_with(base: &str, channel: &str, last_id: Option<&String>) -> String {
+    let mut query = vec![("channel", channel)];
+    if let Some(id) = last_id {
+        query.push(("last_id", id.as_str()));
+    }
+    join(base, &query)
 }
 
-fn url_with(base: &str, channels: &[String], last_id: Option<&str>) -> String {
-    let mut query: Vec<(&str, &str)> = channels.iter().map(|c| ("channel", c.as_str())).collect();
-    if let Some(id) = last_id {
-        query.push(("last_id", id));
+fn url_without_channel(base: &str, last_id: Option<&str>) -> String {
+    match last_id {
+        Some(id) => join(base, &[("last_id", id)]),
+        None => base.to_string(),
     }
-    if query.is_empty() {
-        return base.to_string();
-    }
-    let encoded = serde_urlencoded::to_string(&query).unwrap_or_default();
+}
+
+fn join(base: &str, query: &[(&str, &str)]) -> String {
+    let encoded = serde_urlencoded::to_string(query).unwrap_or_default();
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}{encoded}")
 }

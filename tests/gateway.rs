@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{Client, Herald, Next, ids, offsets, unique};
+use common::{Client, Herald, Next, offsets, unique};
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -365,6 +365,7 @@ async fn a_slow_client_is_closed_with_4008_and_others_keep_receiving() {
         c.sources = vec![herald::source::SourceConfig::Http(
             herald::source::http::HttpSourceConfig {
                 max_body_bytes: 8 * 1024 * 1024,
+                ..Default::default()
             },
         )];
     })
@@ -475,14 +476,47 @@ async fn plain_http_on_the_websocket_endpoint_gets_426() {
 }
 
 #[tokio::test]
-async fn every_frame_is_one_json_object_with_a_unique_id_per_channel() {
+async fn a_client_close_is_echoed_cleanly() {
     let h = Herald::start().await;
     let (mut client, _) = h.subscribe("").await;
-    for i in 0..20 {
-        h.publish("t", &json!({"title": format!("t{i}")})).await;
+    client
+        .ws
+        .send(Message::Close(Some(
+            tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: 1000.into(),
+                reason: "bye".into(),
+            },
+        )))
+        .await
+        .unwrap();
+    match client.next().await {
+        Next::Closed(code, _) => assert_eq!(code, Some(1000), "the server echoed the close"),
+        Next::Frame(f) => panic!("unexpected frame {f}"),
     }
-    let frames = client.notifications(20).await;
-    let unique: HashSet<_> = ids(&frames).into_iter().collect();
-    assert_eq!(unique.len(), 20);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_channels_in_the_query_closes_with_4000() {
+    let h = Herald::start_with(|c| c.delivery.max_subscriptions = 2).await;
+    let mut client = h.connect("channel=a&channel=b&channel=c").await;
+    assert_eq!(client.close_code().await, Some(4000));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn an_oversized_notification_fails_its_rule_and_the_channel_goes_on() {
+    let h = Herald::start_with(|c| c.rules.max_notification_bytes = 4096).await;
+    let channel = unique("c");
+    let (mut client, _) = h.subscribe(&format!("channel={channel}")).await;
+    let answer = h
+        .publish(
+            "t",
+            &json!([{"channel": channel, "title": "x".repeat(5000)}, {"channel": channel, "title": "small"}]),
+        )
+        .await;
+    assert_eq!(answer["notifications"], 1);
+    assert_eq!(answer["failed_rules"], 1);
+    assert_eq!(client.next_of_type("notification").await["title"], "small");
     h.stop().await;
 }

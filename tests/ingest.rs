@@ -69,6 +69,7 @@ async fn a_body_over_the_limit_is_413_and_smaller_ones_still_pass() {
     let h = Herald::start_with(|c| {
         c.sources = vec![SourceConfig::Http(HttpSourceConfig {
             max_body_bytes: 1024,
+            ..HttpSourceConfig::default()
         })];
     })
     .await;
@@ -82,6 +83,43 @@ async fn a_body_over_the_limit_is_413_and_smaller_ones_still_pass() {
     h.publish("t", &json!({"title": "small"})).await;
     let (_, metrics) = h.get("/metrics").await;
     assert!(metrics.contains(r#"reason="too_large"} 1"#), "{metrics}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn too_many_events_in_one_request_is_413() {
+    let h = Herald::start_with(|c| {
+        c.sources = vec![SourceConfig::Http(HttpSourceConfig {
+            max_events_per_request: 3,
+            ..HttpSourceConfig::default()
+        })];
+    })
+    .await;
+    let (status, answer) = h.post("t", &json!([{}, {}, {}, {}])).await;
+    assert_eq!(status, 413, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("at most 3"),
+        "{answer}"
+    );
+    let (status, _) = h.post("t", &json!([{}, {}, {}])).await;
+    assert_eq!(status, 202);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_non_ascii_idempotency_key_is_400() {
+    let h = Herald::start().await;
+    let res = reqwest::Client::new()
+        .post(format!("{}/events/t", h.base))
+        .header(
+            "idempotency-key",
+            reqwest::header::HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap(),
+        )
+        .json(&json!({"title": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 400);
     h.stop().await;
 }
 

@@ -10,6 +10,7 @@
 //! closed at once with 1013: browsers cannot read the status of a refused
 //! handshake, but they do see a close code.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -34,6 +35,8 @@ pub struct Gateway {
     pub shared: Arc<Shared>,
     pub connections: Arc<Semaphore>,
     pub sessions: TaskTracker,
+    /// `rules.max_notification_bytes`: the write buffer must hold one.
+    pub max_notification_bytes: usize,
 }
 
 impl Gateway {
@@ -44,7 +47,10 @@ impl Gateway {
             .write_buffer_size(c.write_buffer_bytes)
             // Backlog beyond this fails the write: the session ends rather
             // than buffering without bound for a client that stopped reading.
-            .max_write_buffer_size(c.write_buffer_bytes.max(c.max_message_bytes) * 16)
+            // It must still take the largest notification (plus framing) on
+            // top of a full write buffer, or that notification could never
+            // be sent to anyone.
+            .max_write_buffer_size(c.write_buffer_bytes * 2 + self.max_notification_bytes + 4096)
             .max_message_size(Some(c.max_message_bytes))
             .max_frame_size(Some(c.max_message_bytes))
     }
@@ -56,16 +62,25 @@ impl Gateway {
 pub fn initial_subscriptions(
     query: Option<&str>,
     default_channels: &[String],
+    max_subscriptions: usize,
 ) -> Result<Vec<Subscription>, String> {
     let pairs: Vec<(String, String)> = match query {
         Some(q) => serde_urlencoded::from_str(q).map_err(|e| format!("malformed query: {e}"))?,
         None => Vec::new(),
     };
     let mut channels = Vec::new();
+    let mut seen = HashSet::new();
     let mut last_id = None;
     for (key, value) in pairs {
         match key.as_str() {
-            "channel" if !channels.contains(&value) => channels.push(value),
+            "channel" if seen.insert(value.clone()) => {
+                if channels.len() == max_subscriptions {
+                    return Err(format!(
+                        "more than {max_subscriptions} channels in the query"
+                    ));
+                }
+                channels.push(value);
+            }
             "last_id" => last_id = Some(value).filter(|v| !v.is_empty()),
             _ => {}
         }
@@ -125,7 +140,11 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
     };
     let accept = derive_accept_key(key.as_bytes());
-    let requests = initial_subscriptions(req.uri().query(), &gw.shared.config.default_channels);
+    let requests = initial_subscriptions(
+        req.uri().query(),
+        &gw.shared.config.default_channels,
+        gw.shared.config.max_subscriptions,
+    );
     let on_upgrade = hyper::upgrade::on(&mut req);
     let permit = gw.connections.clone().try_acquire_owned().ok();
     let config = gw.ws_config();
@@ -152,8 +171,13 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         if let Some((code, reason)) = refusal {
             shared.metrics.session_closed(code.reason());
             tracing::info!(code = code.code(), reason, "session refused");
+            // A close reason must fit in a control frame (123 bytes).
             let mut reason = reason;
-            reason.truncate(120); // a close reason must fit in a control frame
+            let mut cut = reason.len().min(120);
+            while !reason.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            reason.truncate(cut);
             let frame = CloseFrame {
                 code: code.code().into(),
                 reason: reason.into(),
@@ -184,7 +208,7 @@ mod tests {
 
     #[test]
     fn no_query_uses_default_channels() {
-        let subs = initial_subscriptions(None, &defaults()).expect("ok");
+        let subs = initial_subscriptions(None, &defaults(), 4).expect("ok");
         assert_eq!(subs.len(), 1);
         assert_eq!(subs[0].channel, "broadcast");
         assert_eq!(subs[0].last_id, None);
@@ -195,6 +219,7 @@ mod tests {
         let subs = initial_subscriptions(
             Some("channel=user%3A1&channel=team:2&last_id=e-5&channel=user:1"),
             &defaults(),
+            4,
         )
         .expect("ok");
         let got: Vec<_> = subs
@@ -205,8 +230,21 @@ mod tests {
     }
 
     #[test]
+    fn too_many_channels_is_a_bad_request() {
+        let err = initial_subscriptions(
+            Some("channel=a&channel=b&channel=a&channel=c"),
+            &defaults(),
+            2,
+        )
+        .expect_err("three distinct channels, two allowed");
+        assert!(err.contains("more than 2"), "{err}");
+        let ok = initial_subscriptions(Some("channel=a&channel=b&channel=a"), &defaults(), 2);
+        assert_eq!(ok.expect("duplicates count once").len(), 2);
+    }
+
+    #[test]
     fn last_id_without_channel_resumes_the_default() {
-        let subs = initial_subscriptions(Some("last_id=e-3"), &defaults()).expect("ok");
+        let subs = initial_subscriptions(Some("last_id=e-3"), &defaults(), 4).expect("ok");
         assert_eq!(subs[0].channel, "broadcast");
         assert_eq!(subs[0].last_id.as_deref(), Some("e-3"));
     }

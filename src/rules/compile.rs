@@ -233,7 +233,9 @@ impl<'d> RuleCtx<'d> {
 
     /// Template name in the environment; also what minijinja errors mention.
     fn name(&self, field: &str) -> String {
-        format!("{}.{field}", self.id)
+        // The index keeps names unique even across rules whose ids and data
+        // keys contain dots; data keys are escaped by `data_path`.
+        format!("{}#{}:{field}", self.id, self.index)
     }
 
     /// A diagnostic for `field`, dotted below the rule (`emit.title`).
@@ -282,6 +284,12 @@ fn validate(doc: &Document) -> Vec<Diagnostic> {
         .collect()
 }
 
+/// `path.key`, with `~` and `.` in the key escaped so that nested keys and
+/// keys containing dots never name the same place.
+fn data_path(path: &str, key: &str) -> String {
+    format!("{path}.{}", key.replace('~', "~0").replace('.', "~1"))
+}
+
 /// Text without template syntax is used as is, with no engine involved.
 fn is_template(s: &str) -> bool {
     s.contains("{{") || s.contains("{%") || s.contains("{#")
@@ -316,7 +324,7 @@ fn add_data_templates(
         }
         Value::Object(map) => {
             for (k, item) in map {
-                add_data_templates(env, ctx, item, &format!("{path}.{k}"), problems);
+                add_data_templates(env, ctx, item, &data_path(path, k), problems);
             }
         }
         _ => {}
@@ -448,7 +456,7 @@ fn compile_data<'env>(
                 .map(|(k, v)| {
                     (
                         k.clone(),
-                        compile_data(env, ctx, v, &format!("{path}.{k}"), problems),
+                        compile_data(env, ctx, v, &data_path(path, k), problems),
                     )
                 })
                 .collect(),

@@ -53,6 +53,9 @@ impl Evaluation {
     }
 }
 
+/// Most notifications one rule may make of one event with `for_each`.
+pub(super) const MAX_ITEMS: usize = 1000;
+
 pub(super) fn evaluate(compiled: &Compiled, event: &Event) -> Evaluation {
     let mut out = Evaluation::default();
     let payload = JValue::from(minijinja::value::Serde(&event.payload));
@@ -125,7 +128,17 @@ fn apply(
             format!("expected a list, got {}", list.kind()),
         )
     })?;
-    for (index, item) in items.enumerate() {
+    // One event must not fan out without bound (a 1 MiB payload can hold a
+    // list of hundreds of thousands of items).
+    let items: Vec<JValue> = items.take(MAX_ITEMS + 1).collect();
+    if items.len() > MAX_ITEMS {
+        return Err(fail(
+            "for_each",
+            None,
+            format!("more than {MAX_ITEMS} items"),
+        ));
+    }
+    for (index, item) in items.into_iter().enumerate() {
         let ctx = context! { event => payload, meta => meta, item => item, index => index };
         match render(rule, event, ctx, index) {
             Ok(n) => out.notifications.push(n),
@@ -155,7 +168,15 @@ fn render(
         None => String::new(),
     };
     let data = match &rule.data {
-        Some(d) => data(d, &ctx).map_err(|m| ("emit.data", m))?,
+        Some(d) => match data(d, &ctx).map_err(|m| ("emit.data", m))? {
+            Value::Object(o) => Value::Object(o),
+            other => {
+                return Err((
+                    "emit.data",
+                    format!("must be an object, got {}", json_kind(&other)),
+                ));
+            }
+        },
         None => Value::Object(Default::default()),
     };
     let priority = match &rule.priority {
@@ -192,6 +213,17 @@ fn render(
         priority,
         dedupe_key,
     })
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "an object",
+    }
 }
 
 fn text(t: &Text<'_>, ctx: &JValue) -> Result<String, String> {

@@ -314,3 +314,59 @@ fn toml_rules_compile_and_locate_errors() {
         "{text}"
     );
 }
+
+#[test]
+fn data_must_be_an_object_and_for_each_is_bounded() {
+    let rules = yaml(
+        r#"
+rules:
+  - id: list-data
+    emit: { channel: c, data: "{{ event.items }}" }
+  - id: object-data
+    emit: { channel: c, data: "{{ event.obj }}" }
+  - id: fan-out
+    for_each: event.items
+    emit: { channel: c }
+"#,
+    )
+    .unwrap();
+    let many: Vec<u32> = (0..1001).collect();
+    let out = rules.evaluate(&http(json!({"items": many, "obj": {"a": 1}})));
+    let failed: Vec<_> = out
+        .failures
+        .iter()
+        .map(|f| (f.rule.as_ref(), f.field.as_str()))
+        .collect();
+    assert_eq!(
+        failed,
+        [("list-data", "emit.data"), ("fan-out", "for_each")]
+    );
+    assert_eq!(out.notifications.len(), 1);
+    assert_eq!(out.notifications[0].data, json!({"a": 1}));
+    let few = rules.evaluate(&http(json!({"items": [1, 2], "obj": {}})));
+    assert_eq!(few.notifications.len(), 3);
+    assert!(
+        yaml("rules:\n  - id: x\n    emit: { channel: c, data: [1] }\n").is_err(),
+        "a literal list is rejected by the schema"
+    );
+}
+
+#[test]
+fn templates_in_rules_with_dotted_ids_and_keys_do_not_collide() {
+    let rules = yaml(
+        r#"
+rules:
+  - id: a
+    emit: { channel: c, data: { title: "{{ 'from a' ~ '' }}x", x.y: "{{ 1 }}-dot", x: { y: "{{ 2 }}-nested" } } }
+  - id: a.data
+    emit: { channel: c, title: "{{ 'from a.data' }}" }
+"#,
+    )
+    .unwrap();
+    let out = rules.evaluate(&http(json!({})));
+    assert_eq!(
+        out.notifications[0].data,
+        json!({"title": "from ax", "x.y": "1-dot", "x": {"y": "2-nested"}})
+    );
+    assert_eq!(out.notifications[1].title, "from a.data");
+}

@@ -38,12 +38,15 @@ const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
 pub struct HttpSourceConfig {
     /// Largest request body accepted; larger ones get 413.
     pub max_body_bytes: usize,
+    /// Most events in one request (an array); more get 413.
+    pub max_events_per_request: usize,
 }
 
 impl Default for HttpSourceConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 1024 * 1024,
+            max_events_per_request: 10_000,
         }
     }
 }
@@ -53,9 +56,19 @@ impl HttpSourceConfig {
         if self.max_body_bytes == 0 {
             return Err(("max_body_bytes".into(), "must be greater than 0".into()));
         }
+        if self.max_events_per_request == 0 {
+            return Err((
+                "max_events_per_request".into(),
+                "must be greater than 0".into(),
+            ));
+        }
         Ok(())
     }
 }
+
+/// Events submitted between two yields to the runtime: rules and appends
+/// run synchronously, and a large array must not hold a worker thread.
+const YIELD_EVERY: usize = 64;
 
 /// The HTTP source's routes, mounted on the main server.
 pub fn routes(config: &HttpSourceConfig, pipeline: Arc<Pipeline>) -> Router {
@@ -65,6 +78,7 @@ pub fn routes(config: &HttpSourceConfig, pipeline: Arc<Pipeline>) -> Router {
         .with_state(Ingest {
             pipeline,
             max_body_bytes: config.max_body_bytes,
+            max_events: config.max_events_per_request,
         })
 }
 
@@ -88,6 +102,7 @@ impl Source for HttpSource {
 struct Ingest {
     pipeline: Arc<Pipeline>,
     max_body_bytes: usize,
+    max_events: usize,
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -107,17 +122,21 @@ async fn ingest(
             "topic must be at most 249 characters with no control characters",
         );
     }
-    let request = match headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-        Some(key) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN => key.to_string(),
+    let request = match headers.get("idempotency-key").map(|v| v.to_str()) {
+        Some(Ok(key)) if !key.is_empty() && key.len() <= MAX_IDEMPOTENCY_KEY_LEN => {
+            format!("key:{key}")
+        }
         Some(_) => {
             return error(
                 StatusCode::BAD_REQUEST,
                 "Idempotency-Key must be 1 to 200 visible ASCII characters",
             );
         }
-        None => format!("req-{:016x}", fastrand::u64(..)),
+        None => format!("req:{:016x}", fastrand::u64(..)),
     };
-    let position = format!("http:{topic}:{request}");
+    // The topic's length keeps `topic` + `key` unambiguous (both may
+    // contain `:`), so two producers' keys never collide.
+    let position = format!("http:{}:{topic}:{request}", topic.len());
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -134,6 +153,15 @@ async fn ingest(
                 let detail = format!("element {i} of the array is not a JSON object");
                 pipeline.reject("http", &position, Rejection::InvalidJson, &detail);
                 return error(StatusCode::BAD_REQUEST, detail);
+            }
+            if items.len() > ingest.max_events {
+                let detail = format!(
+                    "{} events in one request; at most {}",
+                    items.len(),
+                    ingest.max_events
+                );
+                pipeline.reject("http", &position, Rejection::TooLarge, &detail);
+                return error(StatusCode::PAYLOAD_TOO_LARGE, detail);
             }
             items
         }
@@ -155,15 +183,15 @@ async fn ingest(
         .collect();
     let count = payloads.len();
     // Submit in order first (that fixes the order in the log), then wait.
-    let pending: Vec<_> = payloads
-        .into_iter()
-        .enumerate()
-        .map(|(i, payload)| {
-            let mut meta = Meta::new(SourceKind::Http, topic.clone(), format!("{position}:{i}"));
-            meta.headers = visible.clone();
-            pipeline.submit(&Event { payload, meta })
-        })
-        .collect();
+    let mut pending = Vec::with_capacity(count);
+    for (i, payload) in payloads.into_iter().enumerate() {
+        if i > 0 && i % YIELD_EVERY == 0 {
+            tokio::task::yield_now().await;
+        }
+        let mut meta = Meta::new(SourceKind::Http, topic.clone(), format!("{position}:{i}"));
+        meta.headers = visible.clone();
+        pending.push(pipeline.submit(&Event { payload, meta }));
+    }
     let mut totals = (0, 0, 0);
     for p in pending {
         match p.await {

@@ -192,6 +192,11 @@ impl Store for MemoryStore {
                     log.entries.pop_front();
                     trimmed += 1;
                 }
+                if log.entries.is_empty() {
+                    // An idle channel keeps only its counters, not the
+                    // capacity its busiest hour needed.
+                    log.entries.shrink_to_fit();
+                }
             }
         }
         ready(Ok(trimmed)).boxed()

@@ -132,27 +132,87 @@ async fn a_ping_frame_is_answered_with_pong() {
     assert_eq!(pong.to_text().unwrap(), r#"{"type":"pong"}"#);
 }
 
-#[tokio::test]
-async fn live_notifications_already_replayed_are_not_sent_twice() {
-    let f = fixture(DeliveryConfig::default());
-    let n = |k: &str| NewNotification {
+/// A store that appends one more notification during the first read, as if
+/// a producer raced the replay: that notification is then both in the
+/// replayed page and in the session's live queue.
+#[derive(Debug)]
+struct RacingStore {
+    inner: Arc<MemoryStore>,
+    raced: std::sync::atomic::AtomicBool,
+}
+
+impl Store for RacingStore {
+    fn append(
+        &self,
+        batch: Vec<NewNotification>,
+    ) -> futures_util::future::BoxFuture<
+        'static,
+        Result<Vec<crate::store::Appended>, crate::store::StoreError>,
+    > {
+        self.inner.append(batch)
+    }
+
+    fn read_after(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> futures_util::future::BoxFuture<'_, Result<crate::store::Page, crate::store::StoreError>>
+    {
+        if !self.raced.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            // Published to the hub (so queued) and in the log.
+            drop(self.inner.append(vec![note("3")]));
+        }
+        self.inner.read_after(channel, after, limit)
+    }
+
+    fn trim_expired(
+        &self,
+        now_ms: u64,
+    ) -> futures_util::future::BoxFuture<'_, Result<usize, crate::store::StoreError>> {
+        self.inner.trim_expired(now_ms)
+    }
+
+    fn close(&self) -> futures_util::future::BoxFuture<'_, Result<(), crate::store::StoreError>> {
+        self.inner.close()
+    }
+}
+
+fn note(k: &str) -> NewNotification {
+    NewNotification {
         channel: "c".into(),
         dedupe_key: k.into(),
         fields: format!("\"title\":{k:?}"),
-    };
-    f.store.append(vec![n("1"), n("2")]).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_notification_both_replayed_and_queued_is_sent_once() {
+    let f = fixture(DeliveryConfig::default());
+    f.store.append(vec![note("1"), note("2")]).await.unwrap();
     let epoch = f.store.read_after("c", 0, 0).await.unwrap().epoch;
+    let racing = Arc::new(RacingStore {
+        inner: f.store.clone(),
+        raced: Default::default(),
+    });
+    let shared = Arc::new(Shared {
+        hub: f.shared.hub.clone(),
+        store: racing,
+        metrics: f.shared.metrics.clone(),
+        config: DeliveryConfig::default(),
+        shutdown: CancellationToken::new(),
+    });
     let (server, mut client) = pair().await;
     tokio::spawn(run(
         server,
-        f.shared.clone(),
+        shared,
         vec![Request {
             channel: "c".into(),
             last_id: Some(format!("{epoch}-0")),
         }],
     ));
     let mut texts = Vec::new();
-    for _ in 0..3 {
+    for _ in 0..4 {
         texts.push(
             client
                 .next()
@@ -166,8 +226,63 @@ async fn live_notifications_already_replayed_are_not_sent_twice() {
     }
     assert!(texts[0].contains("\"offset\":1"));
     assert!(texts[1].contains("\"offset\":2"));
-    assert!(texts[2].contains("\"subscribed\"") && texts[2].contains("\"replayed\":2"));
-    f.store.append(vec![n("3")]).await.unwrap();
-    let live = client.next().await.unwrap().unwrap().into_text().unwrap();
-    assert!(live.contains("\"offset\":3"), "{live}");
+    assert!(texts[2].contains("\"offset\":3"));
+    assert!(texts[3].contains("\"subscribed\"") && texts[3].contains("\"replayed\":3"));
+    f.store.append(vec![note("4")]).await.unwrap();
+    let next = client.next().await.unwrap().unwrap().into_text().unwrap();
+    assert!(
+        next.contains("\"offset\":4"),
+        "offset 3 was not sent twice: {next}"
+    );
+}
+
+#[tokio::test]
+async fn a_session_that_ends_mid_replay_leaves_no_hub_subscription() {
+    let f = fixture(DeliveryConfig::default());
+    let batch: Vec<_> = (0..3000).map(|i| note(&i.to_string())).collect();
+    f.store.append(batch).await.unwrap();
+    let epoch = f.store.read_after("c", 0, 0).await.unwrap().epoch;
+    let (server, mut client) = pair().await;
+    let session = tokio::spawn(run(
+        server,
+        f.shared.clone(),
+        vec![Request {
+            channel: "c".into(),
+            last_id: Some(format!("{epoch}-0")),
+        }],
+    ));
+    // Read a little of the replay, then go away while it is still running.
+    for _ in 0..10 {
+        client.next().await.unwrap().unwrap();
+    }
+    drop(client);
+    let reason = tokio::time::timeout(Duration::from_secs(10), session)
+        .await
+        .expect("the session ends")
+        .unwrap();
+    assert_eq!(reason, "write_error");
+    assert_eq!(f.shared.hub.subscribers("c"), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_on_a_quiet_channel_is_dropped() {
+    let f = fixture(heartbeat(1_000, 500));
+    let batch: Vec<_> = (0..3000).map(|i| note(&i.to_string())).collect();
+    f.store.append(batch).await.unwrap();
+    let epoch = f.store.read_after("c", 0, 0).await.unwrap().epoch;
+    // The replay fills the pipe, nothing reads it, nothing new is queued.
+    let (a, _unread_client_end) = tokio::io::duplex(4096);
+    let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+    let session = run(
+        server,
+        f.shared.clone(),
+        vec![Request {
+            channel: "c".into(),
+            last_id: Some(format!("{epoch}-0")),
+        }],
+    );
+    let reason = tokio::time::timeout(Duration::from_secs(60), session)
+        .await
+        .expect("a stalled write ends the session");
+    assert_eq!(reason, "write_stalled");
 }
