@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::crash::{HttpProducer, Run, Scenario};
 use common::process::Process;
-use common::{Client, ids, unique};
+use common::{Client, epoch_of, ids, unique};
 use serde_json::{Value, json};
 
 fn disk_config(dir: &std::path::Path, store: &str) -> String {
@@ -107,13 +107,7 @@ async fn epoch_offsets_and_frames_are_identical_after_kill_9() {
     let (_, before, subscribed) = resume(&herald, &channel, Some("x-0")).await;
     assert_eq!(subscribed["recovered"], false, "x is not the epoch");
     let (_, before_all, _) = {
-        let epoch = subscribed["position"]
-            .as_str()
-            .unwrap()
-            .rsplit_once('-')
-            .unwrap()
-            .0
-            .to_string();
+        let epoch = epoch_of(subscribed["position"].as_str().unwrap());
         resume(&herald, &channel, Some(&format!("{epoch}-0"))).await
     };
     assert!(before.is_empty());
@@ -134,8 +128,7 @@ async fn epoch_offsets_and_frames_are_identical_after_kill_9() {
     // The log goes on from the same offset in the same epoch.
     publish(&herald, &channel, 5).await;
     let next = client.next_of_type("notification").await;
-    let epoch = last.rsplit_once('-').unwrap().0;
-    assert_eq!(next["id"], format!("{epoch}-6"));
+    assert_eq!(next["id"], format!("{}-6", epoch_of(&last)));
     herald.stop();
 }
 
@@ -147,13 +140,7 @@ async fn retention_by_count_is_kept_across_restarts_and_trimmed_history_is_not_r
         publish(&herald, &channel, n).await;
     }
     let (_, _, head) = resume(&herald, &channel, None).await;
-    let epoch = head["position"]
-        .as_str()
-        .unwrap()
-        .rsplit_once('-')
-        .unwrap()
-        .0
-        .to_string();
+    let epoch = epoch_of(head["position"].as_str().unwrap());
     assert_eq!(head["position"], format!("{epoch}-8"));
     herald.stop();
     herald.restart();
@@ -177,13 +164,7 @@ async fn retention_by_age_trims_in_the_background() {
     }
     let (_, replayed, head) = resume(&herald, &channel, None).await;
     assert!(replayed.is_empty());
-    let epoch = head["position"]
-        .as_str()
-        .unwrap()
-        .rsplit_once('-')
-        .unwrap()
-        .0
-        .to_string();
+    let epoch = epoch_of(head["position"].as_str().unwrap());
     let from_start = format!("{epoch}-0");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -256,13 +237,7 @@ async fn a_disk_that_refuses_writes_gets_503_and_nothing_acknowledged_is_lost() 
     herald.restart();
     let (_, head, answer) = resume(&herald, &channel, None).await;
     assert!(head.is_empty());
-    let epoch = answer["position"]
-        .as_str()
-        .unwrap()
-        .rsplit_once('-')
-        .unwrap()
-        .0
-        .to_string();
+    let epoch = epoch_of(answer["position"].as_str().unwrap());
     let (_, replayed, answer) = resume(&herald, &channel, Some(&format!("{epoch}-0"))).await;
     assert_eq!(answer["recovered"], true);
     // Everything acknowledged is there, in order, and nothing refused.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::crash::{HttpProducer, Run, Scenario};
 use common::process::Process;
 use common::redis_server::{self, RedisServer, SHARED_URL};
-use common::{Herald, offsets, unique};
+use common::{Herald, epoch_of, offsets, unique};
 use herald::config::StoreKind;
 use serde_json::{Value, json};
 
@@ -44,10 +44,6 @@ async fn publish_retrying(h: &Herald, channel: &str, n: usize) {
         assert!(Instant::now() < deadline, "still 503: {answer}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-fn epoch_of(id: &str) -> String {
-    id.rsplit_once('-').unwrap().0.to_string()
 }
 
 #[tokio::test]

@@ -239,3 +239,8 @@ pub fn offsets(frames: &[Value]) -> Vec<u64> {
         .map(|f| f["offset"].as_u64().unwrap())
         .collect()
 }
+
+/// The epoch of a notification id or `position` (`<epoch>-<offset>`).
+pub fn epoch_of(id: &str) -> String {
+    id.rsplit_once('-').unwrap().0.to_string()
+}
