@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, StoreKind};
+use crate::config::Config;
 use crate::delivery::hub::Hub;
 use crate::delivery::session::Shared;
 use crate::delivery::ws::{self, Gateway};
@@ -29,7 +29,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::rules::{Rules, RulesError};
 use crate::source::{Readiness, SourceConfig, SourceContext, SourceError};
-use crate::store::{MemoryStore, Store};
+use crate::store::{OpenError, Store};
 
 /// Why herald could not start.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +38,8 @@ pub enum StartError {
     Rules(#[from] RulesError),
     #[error("{0}")]
     Source(#[from] SourceError),
+    #[error("{0}")]
+    Store(#[from] OpenError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -50,7 +52,9 @@ impl StartError {
     /// settings), 1 for the environment (the port is taken).
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::Rules(_) | StartError::Source(SourceError::Config { .. }) => 2,
+            StartError::Rules(_)
+            | StartError::Source(SourceError::Config { .. })
+            | StartError::Store(OpenError::Config(_)) => 2,
             _ => 1,
         }
     }
@@ -94,13 +98,11 @@ impl Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
-    let store: Arc<dyn Store> = match config.store.kind {
-        StoreKind::Memory => Arc::new(MemoryStore::new(&config.store, hub.clone())),
-    };
     let rules = match &config.rules.path {
         Some(path) => Rules::load(path)?,
         None => Rules::builtin(),
     };
+    let store = crate::store::open(&config.store, hub.clone(), metrics.clone()).await?;
     metrics.rules_loaded(true);
     tracing::info!(origin = rules.origin(), rules = rules.len(), "rules loaded");
     let pipeline = Arc::new(Pipeline::new(
@@ -179,7 +181,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )),
         _ => None,
     };
-    tracing::info!(%addr, store = ?config.store.kind, "herald listening");
+    tracing::info!(%addr, store = config.store.kind.as_str(), "herald listening");
 
     let task = tokio::spawn({
         let stop = stop.clone();

@@ -122,13 +122,41 @@ impl Default for RulesConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum StoreKind {
+    /// In the process: zero set-up, history lost on restart.
     Memory,
+    /// Embedded (redb) in `path`: survives restarts and `kill -9`.
+    Disk,
+    /// In Redis at `url`: shared by several herald nodes.
+    Redis,
 }
+
+impl StoreKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Disk => "disk",
+            StoreKind::Redis => "redis",
+        }
+    }
+}
+
+/// The default `store.key_prefix` of the Redis store.
+pub const DEFAULT_KEY_PREFIX: &str = "herald:";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub kind: StoreKind,
+    /// Disk store: the directory of the database (created when missing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// Redis store: `redis://[user:password@]host:port[/db]` or `rediss://`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Redis store: prefix of every key herald writes (default `herald:`);
+    /// deployments sharing one Redis use different prefixes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
     /// Retained notifications per channel; older ones are trimmed.
     pub max_per_channel: usize,
     /// Retained age in seconds; 0 keeps notifications regardless of age.
@@ -142,6 +170,9 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             kind: StoreKind::Memory,
+            path: None,
+            url: None,
+            key_prefix: None,
             max_per_channel: 10_000,
             max_age_secs: 7 * 24 * 3600,
             dedupe_window: 10_000,
@@ -175,6 +206,78 @@ pub struct DeliveryConfig {
     pub write_buffer_bytes: usize,
     /// Read buffer per connection. Small, because most sessions are idle.
     pub read_buffer_bytes: usize,
+}
+
+impl StoreConfig {
+    /// The Redis key prefix in effect.
+    pub fn key_prefix(&self) -> &str {
+        self.key_prefix.as_deref().unwrap_or(DEFAULT_KEY_PREFIX)
+    }
+
+    /// The keys each kind takes, and the combinations that make no sense.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let kind = self.kind.as_str();
+        let only = |key: &str, set: bool, owner: &str| {
+            if set {
+                Err((
+                    format!("store.{key}"),
+                    format!("only used by kind = \"{owner}\", not by kind = \"{kind}\""),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        match self.kind {
+            StoreKind::Memory => {
+                only("path", self.path.is_some(), "disk")?;
+                only("url", self.url.is_some(), "redis")?;
+                only("key_prefix", self.key_prefix.is_some(), "redis")?;
+            }
+            StoreKind::Disk => {
+                only("url", self.url.is_some(), "redis")?;
+                only("key_prefix", self.key_prefix.is_some(), "redis")?;
+                match &self.path {
+                    None => {
+                        return Err((
+                            "store.path".into(),
+                            "required by kind = \"disk\": the directory of the database".into(),
+                        ));
+                    }
+                    Some(p) if p.as_os_str().is_empty() => {
+                        return Err(("store.path".into(), "must not be empty".into()));
+                    }
+                    Some(_) => {}
+                }
+            }
+            StoreKind::Redis => {
+                only("path", self.path.is_some(), "disk")?;
+                let Some(url) = &self.url else {
+                    return Err((
+                        "store.url".into(),
+                        "required by kind = \"redis\": redis://host:port".into(),
+                    ));
+                };
+                if !["redis://", "rediss://", "redis+unix://", "unix://"]
+                    .iter()
+                    .any(|scheme| url.starts_with(scheme))
+                {
+                    return Err((
+                        "store.url".into(),
+                        "must start with redis://, rediss://, redis+unix:// or unix://".into(),
+                    ));
+                }
+                let prefix = self.key_prefix();
+                if prefix.len() > 64 || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err((
+                        "store.key_prefix".into(),
+                        "at most 64 characters, without whitespace".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for DeliveryConfig {
@@ -272,6 +375,7 @@ impl Config {
                 "ping interval and pong timeout must be greater than 0".into(),
             ));
         }
+        self.store.validate()?;
         for channel in &self.delivery.default_channels {
             if let Err(problem) = crate::delivery::protocol::check_channel(channel) {
                 return Err(("delivery.default_channels".into(), problem.to_string()));
@@ -387,6 +491,50 @@ mod tests {
             )?;
             let config = Config::load(Some(Path::new("herald.toml"))).expect("loads");
             assert_eq!(config.sources.len(), 1);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn store_keys_belong_to_their_kind() {
+        Jail::expect_with(|jail| {
+            for (toml, key) in [
+                ("[store]\nkind = \"disk\"\n", "store.path"),
+                ("[store]\npath = \"/tmp/x\"\n", "store.path"),
+                ("[store]\nkind = \"redis\"\n", "store.url"),
+                (
+                    "[store]\nkind = \"redis\"\nurl = \"http://x\"\n",
+                    "store.url",
+                ),
+                (
+                    "[store]\nkind = \"disk\"\npath = \"d\"\nurl = \"redis://x\"\n",
+                    "store.url",
+                ),
+                (
+                    "[store]\nkind = \"redis\"\nurl = \"redis://x\"\npath = \"d\"\n",
+                    "store.path",
+                ),
+                ("[store]\nkey_prefix = \"p:\"\n", "store.key_prefix"),
+                (
+                    "[store]\nkind = \"redis\"\nurl = \"redis://x\"\nkey_prefix = \"a b\"\n",
+                    "store.key_prefix",
+                ),
+            ] {
+                jail.create_file("herald.toml", toml)?;
+                let err = load_err(Some("herald.toml"));
+                assert!(err.contains(key), "{toml}: {err}");
+            }
+            jail.create_file(
+                "herald.toml",
+                "[store]\nkind = \"redis\"\nurl = \"redis://127.0.0.1:6379\"\n",
+            )?;
+            let config = Config::load(Some(Path::new("herald.toml"))).expect("loads");
+            assert_eq!(config.store.key_prefix(), "herald:");
+            jail.set_env("HERALD_STORE__KIND", "disk");
+            jail.set_env("HERALD_STORE__PATH", "/var/lib/herald");
+            jail.create_file("herald.toml", "")?;
+            let config = Config::load(Some(Path::new("herald.toml"))).expect("loads");
+            assert_eq!(config.store.kind, StoreKind::Disk);
             Ok(())
         });
     }

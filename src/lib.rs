@@ -13,7 +13,8 @@
 //! - [`event`]: the event and its source position ([`event::Meta`]);
 //! - [`pipeline`]: Event → rules → log, shared by every source;
 //! - [`rules`]: compile a rules file once, evaluate events purely;
-//! - [`store`]: the per-channel log and the [`store::Store`] trait;
+//! - [`store`]: the per-channel log, the [`store::Store`] trait and its
+//!   kinds (memory, disk, redis);
 //! - [`delivery`]: the hub (fan-out), sessions (replay, live, heartbeat),
 //!   the WebSocket gateway and the protocol;
 //!

@@ -120,6 +120,10 @@ fn serve(config_path: Option<&Path>) -> ExitCode {
     };
     runtime.block_on(async move {
         warn_if_open(&config);
+        // Listen before serving: a SIGTERM that arrives as soon as the port
+        // is open (a slow disk store start, an eager supervisor) still
+        // shuts down cleanly instead of killing the process.
+        let signal = shutdown_signal();
         let running = match herald::app::start(config).await {
             Ok(r) => r,
             Err(e) => {
@@ -130,7 +134,7 @@ fn serve(config_path: Option<&Path>) -> ExitCode {
         };
         let stopper = running.stopper();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signal.await;
             stopper.cancel();
         });
         running.wait().await;
@@ -166,26 +170,32 @@ fn warn_if_open(config: &Config) {
     );
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+/// SIGTERM or SIGINT. The handlers are registered when this is called, not
+/// when the future is first polled.
+#[cfg(unix)]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        match (term, interrupt) {
+            (Ok(mut term), Ok(mut interrupt)) => {
                 tokio::select! {
-                    _ = ctrl_c => {}
                     _ = term.recv() => {}
+                    _ = interrupt.recv() => {}
                 }
             }
-            Err(_) => {
-                let _ = ctrl_c.await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
             }
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+}
+
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -43,6 +43,16 @@ pub struct Metrics {
     pub client_errors: Family<Labels, Counter>,
     /// Rules versions loaded, by result (`ok`, `rejected`).
     pub rules_reloads: Family<Labels, Counter>,
+    /// Durable commits of the disk and Redis stores (one fsync or one Redis
+    /// round trip each).
+    pub store_commits: Counter,
+    /// Notifications per durable commit: how well group commit batches.
+    pub store_commit_size: Histogram,
+    /// Store operations that failed, by operation (`append`, `read`,
+    /// `trim`, `feed`).
+    pub store_errors: Family<Labels, Counter>,
+    /// Notifications removed by retention (count and age).
+    pub store_trimmed: Counter,
     /// The RabbitMQ source's counters (`herald_amqp_*`).
     pub amqp: AmqpMetrics,
 }
@@ -121,6 +131,10 @@ impl Metrics {
         let sessions_closed = Family::<Labels, Counter>::default();
         let client_errors = Family::<Labels, Counter>::default();
         let rules_reloads = Family::<Labels, Counter>::default();
+        let store_commits = Counter::default();
+        let store_commit_size = Histogram::new(exponential_buckets(1.0, 4.0, 8));
+        let store_errors = Family::<Labels, Counter>::default();
+        let store_trimmed = Counter::default();
         registry.register("events", "Events received, by source", events.clone());
         registry.register(
             "events_rejected",
@@ -183,6 +197,26 @@ impl Metrics {
             "Rules versions loaded, by result",
             rules_reloads.clone(),
         );
+        registry.register(
+            "store_commits",
+            "Durable commits of the disk or Redis store",
+            store_commits.clone(),
+        );
+        registry.register(
+            "store_commit_size",
+            "Notifications per durable commit (group commit)",
+            store_commit_size.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Store operations that failed, by operation",
+            store_errors.clone(),
+        );
+        registry.register(
+            "store_trimmed",
+            "Notifications removed by retention",
+            store_trimmed.clone(),
+        );
         let amqp = AmqpMetrics::register(&mut registry);
         Self {
             registry,
@@ -200,6 +234,10 @@ impl Metrics {
             sessions_closed,
             client_errors,
             rules_reloads,
+            store_commits,
+            store_commit_size,
+            store_errors,
+            store_trimmed,
             amqp,
         }
     }
@@ -249,6 +287,18 @@ impl Metrics {
         self.subscriptions
             .get_or_create(&vec![("recovered", recovered.to_string())])
             .inc();
+    }
+
+    pub fn store_error(&self, op: &'static str) {
+        self.store_errors
+            .get_or_create(&vec![("op", op.to_string())])
+            .inc();
+    }
+
+    /// One durable commit of `notifications` new notifications.
+    pub fn store_committed(&self, notifications: usize) {
+        self.store_commits.inc();
+        self.store_commit_size.observe(notifications as f64);
     }
 
     pub fn rules_loaded(&self, ok: bool) {

@@ -189,3 +189,45 @@ async fn frames_from_a_running_server_match_the_server_frame_schema() {
     );
     h.stop().await;
 }
+
+#[test]
+fn store_kinds_and_their_keys_agree_between_schema_and_config() {
+    let v = validator("schemas/config.schema.json");
+    for (store, ok) in [
+        (json!({}), true),
+        (json!({"kind": "memory"}), true),
+        (json!({"kind": "disk", "path": "/var/lib/herald"}), true),
+        (
+            json!({"kind": "redis", "url": "redis://127.0.0.1:6379"}),
+            true,
+        ),
+        (
+            json!({"kind": "redis", "url": "rediss://r:6380/2", "key_prefix": "app1:"}),
+            true,
+        ),
+        (json!({"kind": "disk"}), false),
+        (json!({"path": "/x"}), false),
+        (json!({"kind": "memory", "url": "redis://x"}), false),
+        (json!({"kind": "redis"}), false),
+        (json!({"kind": "redis", "url": "http://x"}), false),
+        (
+            json!({"kind": "redis", "url": "redis://x", "path": "/x"}),
+            false,
+        ),
+        (
+            json!({"kind": "disk", "path": "/x", "key_prefix": "p"}),
+            false,
+        ),
+        (
+            json!({"kind": "redis", "url": "redis://x", "key_prefix": "a b"}),
+            false,
+        ),
+        (json!({"kind": "cassandra"}), false),
+    ] {
+        let config = json!({ "store": store });
+        assert_eq!(v.is_valid(&config), ok, "schema: {config}");
+        let loaded: Result<Config, _> = serde_json::from_value(config.clone());
+        let valid = loaded.is_ok_and(|c| c.validate().is_ok());
+        assert_eq!(valid, ok, "herald: {config}");
+    }
+}

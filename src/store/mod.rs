@@ -15,8 +15,16 @@
 //! - calls to `append` made one after another keep their order in the log,
 //!   even when the returned futures are awaited later; that is what lets a
 //!   source keep several appends in flight and still acknowledge in order.
+//!
+//! The kinds: [`memory`] (the default, nothing survives a restart),
+//! [`disk`] (embedded redb, survives `kill -9` and reboots) and [`redis`]
+//! (shared by several herald nodes). The durable ones commit appends in
+//! groups through [`group`].
 
+pub mod disk;
+mod group;
 pub mod memory;
+pub mod redis;
 
 use std::fmt;
 use std::sync::Arc;
@@ -25,9 +33,14 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use crate::config::{StoreConfig, StoreKind};
+use crate::delivery::hub::Hub;
+use crate::metrics::Metrics;
 use crate::rules::{Priority, Rendered};
 
+pub use disk::DiskStore;
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// A notification on its way into the log.
 #[derive(Debug, Clone)]
@@ -142,7 +155,7 @@ pub struct Page {
     pub entries: Vec<Arc<Delivery>>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached now; retrying later can help.
     #[error("store unavailable: {0}")]
@@ -157,6 +170,41 @@ impl StoreError {
     pub fn is_retryable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
     }
+}
+
+/// Why a store could not be opened at start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The settings cannot work (a malformed URL): fix the configuration.
+    #[error("store: configuration: {0}")]
+    Config(String),
+    /// The store is there but cannot be used now (a directory that cannot
+    /// be created, a database another herald holds open).
+    #[error("store: {what}: {reason}")]
+    Unavailable { what: String, reason: String },
+}
+
+/// Open the store `config` describes. Its notifications go to `hub`.
+pub async fn open(
+    config: &StoreConfig,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+) -> Result<Arc<dyn Store>, OpenError> {
+    Ok(match config.kind {
+        StoreKind::Memory => Arc::new(MemoryStore::new(config, hub)),
+        StoreKind::Disk => {
+            let config = config.clone();
+            // Opening may repair the file after a crash: off the runtime.
+            let store = tokio::task::spawn_blocking(move || DiskStore::open(&config, hub, metrics))
+                .await
+                .map_err(|e| OpenError::Unavailable {
+                    what: "disk store".into(),
+                    reason: e.to_string(),
+                })??;
+            Arc::new(store)
+        }
+        StoreKind::Redis => Arc::new(RedisStore::open(config, hub, metrics).await?),
+    })
 }
 
 /// The per-channel log. See the module docs for the invariants.

@@ -3,7 +3,9 @@
 //! JSON frames with timeouts (a test never hangs on a missing frame).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod crash;
 pub mod process;
+pub mod redis_server;
 
 use std::time::Duration;
 
@@ -236,4 +238,9 @@ pub fn offsets(frames: &[Value]) -> Vec<u64> {
         .iter()
         .map(|f| f["offset"].as_u64().unwrap())
         .collect()
+}
+
+/// The epoch of a notification id or `position` (`<epoch>-<offset>`).
+pub fn epoch_of(id: &str) -> String {
+    id.rsplit_once('-').unwrap().0.to_string()
 }

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 /// A herald child process with its own config file and port.
 pub struct Process {
     child: Option<Child>,
+    /// `ulimit -f` (KiB) for the next start: writes past it fail with EFBIG.
+    pub file_size_limit_kib: Option<u64>,
     pub port: u16,
     pub config: PathBuf,
     log: PathBuf,
@@ -23,12 +25,19 @@ impl Process {
     /// Write `toml` (without `[server] listen`, which is chosen here) and
     /// start herald on it; returns once `/healthz` answers.
     pub fn start(toml: &str) -> Self {
+        Self::start_with(|_| toml.to_string())
+    }
+
+    /// Like [`Self::start`], with a config that can name files in the
+    /// process's own directory (a disk store path, a rules file).
+    pub fn start_with(make: impl FnOnce(&std::path::Path) -> String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("herald.toml");
-        std::fs::write(&config, toml).unwrap();
+        std::fs::write(&config, make(dir.path())).unwrap();
         let log = dir.path().join("herald.log");
         let mut p = Self {
             child: None,
+            file_size_limit_kib: None,
             port: free_port(),
             config,
             log,
@@ -49,7 +58,20 @@ impl Process {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        let mut command = match self.file_size_limit_kib {
+            None => Command::new(env!("CARGO_BIN_EXE_herald")),
+            Some(kib) => {
+                // Ignoring SIGXFSZ turns an oversized write into EFBIG.
+                let mut c = Command::new("bash");
+                c.args([
+                    "-c",
+                    &format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\""),
+                    env!("CARGO_BIN_EXE_herald"),
+                ]);
+                c
+            }
+        };
+        let child = command
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("HERALD_SERVER__LISTEN", format!("127.0.0.1:{}", self.port))

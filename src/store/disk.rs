@@ -1,0 +1,843 @@
+//! The disk store: the log in an embedded redb database under `store.path`.
+//! Nothing to install; survives restarts, `kill -9` and power loss.
+//!
+//! Invariants, beyond the [`Store`](super::Store) ones:
+//! - one epoch per database, written when the database is created: a
+//!   restart keeps every channel's epoch, offsets, retained history and
+//!   dedupe index, so clients resume with `recovered: true`;
+//! - an append is acknowledged (its future resolves `Ok`) only after the
+//!   write transaction holding it is committed with fsync
+//!   (`Durability::Immediate`); only then is it published to the hub;
+//! - group commit: `append` only queues (see [`super::group`]); one writer
+//!   thread takes everything queued, commits it in one transaction and one
+//!   fsync, publishes in order and answers. redb is blocking, so the writer
+//!   is a thread of its own and never blocks the async runtime;
+//! - retention by count happens in the append's own transaction (one delete
+//!   per append once a channel is full); retention by age runs in the same
+//!   writer, at most `TRIM_BUDGET` deletions per transaction between append
+//!   groups, so a large expiry never stalls appends;
+//! - a failed commit (disk full, I/O error) fails every append of its group
+//!   with [`StoreError::Unavailable`] and commits nothing of it; the sources
+//!   then do not acknowledge. The writer reopens the database (redb
+//!   refuses to go on after an I/O error) before the next group, at most
+//!   once per second, and drops the in-memory cache, whose view the failed
+//!   commit may have made stale.
+//!
+//! Reads: each channel the writer has touched since start keeps its head
+//! (first and last offsets) and its newest `TAIL` notifications in memory,
+//! updated under the channel's mutex together with the hub publish, so a
+//! reader that registered with the hub first and then reads the cache or
+//! the database cannot miss a notification between the two. Older history
+//! is read from the database on the blocking pool.
+//!
+//! Layout (tables): `meta` (format, epoch), `counters` (next channel id),
+//! `channels` (name → id, last offset), `entries` ((id, offset) → (time,
+//! fields)), `dedupe` ((id, key) → offset), `dedupe_order` ((id, offset) →
+//! key: evicts the oldest key once the window is full), `heads` ((time of
+//! the oldest retained entry, id): what retention by age visits; may be
+//! older than the real head after count trims, never newer).
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, ready};
+use redb::{Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use super::group::{self, Item, Request};
+use super::{Appended, Delivery, NewNotification, OpenError, Page, Store, StoreError, new_epoch};
+use crate::config::StoreConfig;
+use crate::delivery::hub::Hub;
+use crate::metrics::Metrics;
+
+const META: TableDefinition<'static, &str, &str> = TableDefinition::new("meta");
+const COUNTERS: TableDefinition<'static, &str, u64> = TableDefinition::new("counters");
+const CHANNELS: TableDefinition<'static, &str, (u64, u64)> = TableDefinition::new("channels");
+const ENTRIES: TableDefinition<'static, (u64, u64), (u64, &str)> = TableDefinition::new("entries");
+const DEDUPE: TableDefinition<'static, (u64, &str), u64> = TableDefinition::new("dedupe");
+const DEDUPE_ORDER: TableDefinition<'static, (u64, u64), &str> =
+    TableDefinition::new("dedupe_order");
+const HEADS: TableDefinition<'static, (u64, u64), ()> = TableDefinition::new("heads");
+
+/// The on-disk layout version; another one is refused at start.
+const FORMAT: &str = "1";
+/// The database file inside `store.path`.
+pub const FILE_NAME: &str = "herald.redb";
+const NEXT_ID: &str = "next_channel_id";
+/// Newest notifications per channel kept in memory for replay and gap fill.
+const TAIL: usize = 64;
+/// Most notifications committed in one transaction.
+const MAX_GROUP: usize = 4096;
+/// Most entries retention by age deletes in one transaction.
+const TRIM_BUDGET: usize = 4096;
+/// Channels retention by age visits in one transaction.
+const TRIM_HEADS: usize = 256;
+/// redb's page cache.
+const CACHE_BYTES: usize = 64 << 20;
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
+/// See the module docs.
+pub struct DiskStore {
+    shared: Arc<Shared>,
+    /// Retention by age; 0 keeps everything.
+    max_age_ms: u64,
+    queue: group::Queue,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl fmt::Debug for DiskStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DiskStore")
+            .field("file", &self.shared.file)
+            .field("epoch", &self.shared.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the store handle and the writer thread share.
+struct Shared {
+    file: PathBuf,
+    epoch: Arc<str>,
+    /// `None` while the writer reopens the database, and after close.
+    db: RwLock<Option<Arc<Database>>>,
+    /// Channels the writer touched since start: committed head and tail.
+    channels: RwLock<HashMap<Arc<str>, Arc<Mutex<Cached>>>>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+/// A channel's committed state as readers see it.
+#[derive(Debug)]
+struct Cached {
+    first: u64,
+    last: u64,
+    /// The newest notifications, contiguous, ending at `last`.
+    tail: VecDeque<Arc<Delivery>>,
+}
+
+impl Cached {
+    fn trim_front(&mut self) {
+        while self.tail.len() > TAIL || self.tail.front().is_some_and(|d| d.offset < self.first) {
+            self.tail.pop_front();
+        }
+    }
+}
+
+impl Shared {
+    fn db(&self) -> Result<Arc<Database>, StoreError> {
+        self.db
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("disk store: database not open".into()))
+    }
+
+    fn cached(&self, channel: &str) -> Option<Arc<Mutex<Cached>>> {
+        self.channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .cloned()
+    }
+
+    /// The page from memory, when memory has all of it.
+    fn cached_page(&self, channel: &str, after: u64, limit: usize) -> Option<Page> {
+        let cached = self.cached(channel)?;
+        let c = cached.lock().unwrap_or_else(|e| e.into_inner());
+        let start = after.saturating_add(1).max(c.first);
+        let mut page = Page {
+            epoch: self.epoch.clone(),
+            first: c.first,
+            last: c.last,
+            entries: Vec::new(),
+        };
+        if limit == 0 || start > c.last {
+            return Some(page);
+        }
+        let front = c.tail.front()?.offset;
+        if start < front {
+            return None;
+        }
+        let skip = usize::try_from(start - front).unwrap_or(usize::MAX);
+        page.entries = c.tail.iter().skip(skip).take(limit).cloned().collect();
+        Some(page)
+    }
+}
+
+impl DiskStore {
+    /// Open (or create) the database in `config.path`. Blocking: call it
+    /// from a blocking context.
+    pub fn open(
+        config: &StoreConfig,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, OpenError> {
+        let dir = config
+            .path
+            .clone()
+            .ok_or_else(|| OpenError::Config("store.path is required for the disk store".into()))?;
+        std::fs::create_dir_all(&dir).map_err(|e| OpenError::Unavailable {
+            what: format!("disk store directory {}", dir.display()),
+            reason: e.to_string(),
+        })?;
+        let file = dir.join(FILE_NAME);
+        let db = open_database(&file)?;
+        let (epoch, next_id) = initialize(&db).map_err(|e| OpenError::Unavailable {
+            what: format!("disk store {}", file.display()),
+            reason: e.to_string(),
+        })?;
+        tracing::info!(file = %file.display(), %epoch, "disk store open");
+        let shared = Arc::new(Shared {
+            file: file.clone(),
+            epoch: epoch.into(),
+            db: RwLock::new(Some(Arc::new(db))),
+            channels: RwLock::new(HashMap::new()),
+            hub,
+            metrics,
+        });
+        let (queue, rx) = group::queue();
+        let writer = Writer {
+            shared: shared.clone(),
+            rx,
+            loaded: HashMap::new(),
+            by_id: HashMap::new(),
+            next_id,
+            max_per_channel: config.max_per_channel.max(1) as u64,
+            dedupe_window: config.dedupe_window.max(1) as u64,
+            trim: None,
+            broken: None,
+        };
+        let handle = std::thread::Builder::new()
+            .name("herald-disk-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| OpenError::Unavailable {
+                what: "disk store writer thread".into(),
+                reason: e.to_string(),
+            })?;
+        Ok(Self {
+            shared,
+            max_age_ms: config.max_age_secs.saturating_mul(1000),
+            queue,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+}
+
+fn open_database(file: &Path) -> Result<Database, OpenError> {
+    let mut builder = Database::builder();
+    builder.set_cache_size(CACHE_BYTES);
+    builder.create(file).map_err(|e| {
+        let reason = match e {
+            DatabaseError::DatabaseAlreadyOpen => {
+                "already open (is another herald using this store.path?)".to_string()
+            }
+            other => other.to_string(),
+        };
+        OpenError::Unavailable {
+            what: format!("disk store {}", file.display()),
+            reason,
+        }
+    })
+}
+
+/// Create the tables and the epoch of a new database, or check an existing
+/// one. Returns the epoch and the next channel id.
+fn initialize(db: &Database) -> Result<(String, u64), redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let found = {
+        let mut meta = txn.open_table(META)?;
+        let format = meta.get("format")?.map(|v| v.value().to_string());
+        let epoch = meta.get("epoch")?.map(|v| v.value().to_string());
+        let found = match (format, epoch) {
+            (Some(format), _) if format != FORMAT => {
+                return Err(redb::Error::Corrupted(format!(
+                    "layout version {format}, this herald reads version {FORMAT}"
+                )));
+            }
+            (Some(_), Some(epoch)) => epoch,
+            _ => {
+                let epoch = new_epoch();
+                meta.insert("format", FORMAT)?;
+                meta.insert("epoch", epoch.as_str())?;
+                epoch
+            }
+        };
+        let next_id = txn
+            .open_table(COUNTERS)?
+            .get(NEXT_ID)?
+            .map_or(1, |v| v.value());
+        txn.open_table(CHANNELS)?;
+        txn.open_table(ENTRIES)?;
+        txn.open_table(DEDUPE)?;
+        txn.open_table(DEDUPE_ORDER)?;
+        txn.open_table(HEADS)?;
+        (found, next_id)
+    };
+    txn.commit()?;
+    Ok(found)
+}
+
+/// A channel's page read from the database (one read transaction, so a
+/// consistent snapshot of committed state).
+fn read_disk(
+    db: &Database,
+    epoch: &Arc<str>,
+    channel: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Page, redb::Error> {
+    let txn = db.begin_read()?;
+    let mut page = Page {
+        epoch: epoch.clone(),
+        first: 1,
+        last: 0,
+        entries: Vec::new(),
+    };
+    let Some((id, last)) = txn.open_table(CHANNELS)?.get(channel)?.map(|v| v.value()) else {
+        return Ok(page);
+    };
+    let entries = txn.open_table(ENTRIES)?;
+    page.last = last;
+    page.first = match entries.range((id, 0)..=(id, u64::MAX))?.next() {
+        Some(item) => item?.0.value().1,
+        None => last + 1,
+    };
+    if limit > 0 {
+        let name: Arc<str> = channel.into();
+        let name_json = serde_json::to_string(channel).unwrap_or_default();
+        for item in entries
+            .range((id, after.saturating_add(1))..=(id, u64::MAX))?
+            .take(limit)
+        {
+            let (key, value) = item?;
+            let (at_ms, fields) = value.value();
+            page.entries.push(Arc::new(Delivery::build(
+                name.clone(),
+                &name_json,
+                epoch.clone(),
+                key.value().1,
+                at_ms,
+                fields,
+            )));
+        }
+    }
+    Ok(page)
+}
+
+impl Store for DiskStore {
+    fn append(
+        &self,
+        batch: Vec<NewNotification>,
+    ) -> BoxFuture<'static, Result<Vec<Appended>, StoreError>> {
+        self.queue.append(batch)
+    }
+
+    fn read_after(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Page, StoreError>> {
+        if let Some(page) = self.shared.cached_page(channel, after, limit) {
+            return ready(Ok(page)).boxed();
+        }
+        let shared = self.shared.clone();
+        let channel = channel.to_string();
+        async move {
+            let db = shared.db()?;
+            let epoch = shared.epoch.clone();
+            let read = tokio::task::spawn_blocking(move || {
+                read_disk(&db, &epoch, &channel, after, limit).map_err(|e| (channel, e.to_string()))
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("disk store read: {e}")))?;
+            read.map_err(|(channel, e)| {
+                shared.metrics.store_error("read");
+                tracing::warn!(channel, after, error = %e, "disk store read failed");
+                StoreError::Unavailable(format!("disk store read: {e}"))
+            })
+        }
+        .boxed()
+    }
+
+    fn trim_expired(&self, now_ms: u64) -> BoxFuture<'_, Result<usize, StoreError>> {
+        if self.max_age_ms == 0 {
+            return ready(Ok(0)).boxed();
+        }
+        self.queue.trim(now_ms.saturating_sub(self.max_age_ms))
+    }
+
+    fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        async move {
+            self.queue.close().await;
+            let handle = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(handle) = handle {
+                let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+            }
+            // Releases the file lock: the same path can be opened again.
+            self.shared
+                .db
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+/// Where the writer knows a channel to be (committed state).
+#[derive(Debug, Clone)]
+struct Meta {
+    id: u64,
+    first: u64,
+    last: u64,
+    name_json: Arc<str>,
+}
+
+/// Retention by age in progress.
+#[derive(Debug)]
+struct PendingTrim {
+    cutoff_ms: u64,
+    trimmed: usize,
+    replies: Vec<oneshot::Sender<Result<usize, StoreError>>>,
+}
+
+/// What one committed transaction changes in memory.
+#[derive(Debug, Default)]
+struct Outcome {
+    staged: HashMap<Arc<str>, Meta>,
+    staged_ids: HashMap<u64, Arc<str>>,
+    next_id: u64,
+    results: Vec<Vec<Appended>>,
+    deliveries: Vec<Arc<Delivery>>,
+    /// New first offsets after retention by age.
+    firsts: Vec<(Arc<str>, u64)>,
+    trimmed_by_count: usize,
+    trimmed_by_age: usize,
+    /// Whether retention by age has nothing more to do for its cutoff.
+    trim_done: bool,
+}
+
+/// The writer thread: the only one that writes the database.
+struct Writer {
+    shared: Arc<Shared>,
+    rx: group::Receiver,
+    /// Channels loaded from the database since start, by name and id.
+    loaded: HashMap<Arc<str>, Meta>,
+    by_id: HashMap<u64, Arc<str>>,
+    next_id: u64,
+    max_per_channel: u64,
+    dedupe_window: u64,
+    trim: Option<PendingTrim>,
+    /// Set when a commit failed: the database must be reopened.
+    broken: Option<Instant>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            let group = if self.trim.is_some() {
+                self.rx.try_group(MAX_GROUP)
+            } else {
+                match self.rx.blocking_next_group(MAX_GROUP) {
+                    Some(group) => group,
+                    None => return,
+                }
+            };
+            if self.handle(group) {
+                return;
+            }
+        }
+    }
+
+    /// Commit one group; true when the store is closing.
+    fn handle(&mut self, group: Vec<Item>) -> bool {
+        let mut appends = Vec::new();
+        let mut close = None;
+        for item in group {
+            match item {
+                Item::Append(r) => appends.push(r),
+                Item::Trim { cutoff_ms, reply } => {
+                    let trim = self.trim.get_or_insert(PendingTrim {
+                        cutoff_ms,
+                        trimmed: 0,
+                        replies: Vec::new(),
+                    });
+                    trim.cutoff_ms = trim.cutoff_ms.max(cutoff_ms);
+                    trim.replies.push(reply);
+                }
+                Item::Close(done) => close = Some(done),
+            }
+        }
+        if !appends.is_empty() || self.trim.is_some() {
+            match self.commit(&appends) {
+                Ok(outcome) => self.apply(appends, outcome),
+                Err(e) => self.failed(appends, &e),
+            }
+        }
+        match close {
+            Some(done) => {
+                if let Some(trim) = self.trim.take() {
+                    for reply in trim.replies {
+                        let _ = reply.send(Ok(trim.trimmed));
+                    }
+                }
+                let _ = done.send(());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The database, reopened first when the last commit failed.
+    fn database(&mut self) -> Result<Arc<Database>, redb::Error> {
+        let Some(since) = self.broken else {
+            return self.shared.db().map_err(|e| redb::Error::Io(other(e)));
+        };
+        if since.elapsed() < REOPEN_EVERY {
+            return Err(redb::Error::PreviousIo);
+        }
+        self.broken = Some(Instant::now());
+        let old = self
+            .shared
+            .db
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(old) = old {
+            // Readers hold the handle only for one read; the file lock is
+            // released when the last one is gone.
+            let deadline = Instant::now() + Duration::from_secs(2);
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let mut builder = Database::builder();
+        builder.set_cache_size(CACHE_BYTES);
+        let db = Arc::new(builder.create(&self.shared.file)?);
+        *self.shared.db.write().unwrap_or_else(|e| e.into_inner()) = Some(db.clone());
+        // A failed commit may still have reached the disk: forget what
+        // memory believes and reload channels from the database.
+        self.loaded.clear();
+        self.by_id.clear();
+        self.shared
+            .channels
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.next_id = db
+            .begin_read()?
+            .open_table(COUNTERS)?
+            .get(NEXT_ID)?
+            .map_or(1, |v| v.value());
+        self.broken = None;
+        tracing::info!(file = %self.shared.file.display(), "disk store reopened");
+        Ok(db)
+    }
+
+    /// One write transaction: the appends in order, then a slice of
+    /// retention by age; committed with fsync.
+    fn commit(&mut self, appends: &[Request]) -> Result<Outcome, redb::Error> {
+        let db = self.database()?;
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let mut out = Outcome {
+            next_id: self.next_id,
+            ..Outcome::default()
+        };
+        {
+            let mut channels = txn.open_table(CHANNELS)?;
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut dedupe = txn.open_table(DEDUPE)?;
+            let mut order = txn.open_table(DEDUPE_ORDER)?;
+            let mut heads = txn.open_table(HEADS)?;
+            for request in appends {
+                let mut results = Vec::with_capacity(request.batch.len());
+                for n in &request.batch {
+                    let name = self.stage(&mut out, &channels, &entries, &n.channel)?;
+                    let Some(meta) = out.staged.get_mut(&name) else {
+                        continue; // stage() just inserted it
+                    };
+                    let id = meta.id;
+                    if let Some(offset) = dedupe.get((id, n.dedupe_key.as_str()))? {
+                        results.push(Appended {
+                            channel: name.clone(),
+                            offset: offset.value(),
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                    let offset = meta.last + 1;
+                    entries.insert((id, offset), (request.at_ms, n.fields.as_str()))?;
+                    dedupe.insert((id, n.dedupe_key.as_str()), offset)?;
+                    order.insert((id, offset), n.dedupe_key.as_str())?;
+                    if offset > self.dedupe_window {
+                        let evicted = order
+                            .remove((id, offset - self.dedupe_window))?
+                            .map(|k| k.value().to_string());
+                        if let Some(key) = evicted {
+                            dedupe.remove((id, key.as_str()))?;
+                        }
+                    }
+                    if meta.first > meta.last {
+                        // The channel was empty: retention by age must visit it.
+                        heads.insert((request.at_ms, id), ())?;
+                    }
+                    meta.last = offset;
+                    while meta.last - meta.first + 1 > self.max_per_channel {
+                        entries.remove((id, meta.first))?;
+                        meta.first += 1;
+                        out.trimmed_by_count += 1;
+                    }
+                    out.deliveries.push(Arc::new(Delivery::build(
+                        name.clone(),
+                        &meta.name_json,
+                        self.shared.epoch.clone(),
+                        offset,
+                        request.at_ms,
+                        &n.fields,
+                    )));
+                    results.push(Appended {
+                        channel: name.clone(),
+                        offset,
+                        duplicate: false,
+                    });
+                }
+                out.results.push(results);
+            }
+            if let Some(cutoff) = self.trim.as_ref().map(|t| t.cutoff_ms) {
+                out.trim_done = self.trim_slice(&mut out, cutoff, &mut entries, &mut heads)?;
+            }
+            for (name, meta) in &out.staged {
+                channels.insert(&**name, (meta.id, meta.last))?;
+            }
+            if out.next_id != self.next_id {
+                txn.open_table(COUNTERS)?.insert(NEXT_ID, out.next_id)?;
+            }
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// Make `channel` part of this transaction's staged state, loading it
+    /// from the database (or creating it) on first touch.
+    fn stage(
+        &mut self,
+        out: &mut Outcome,
+        channels: &redb::Table<'_, &'static str, (u64, u64)>,
+        entries: &redb::Table<'_, (u64, u64), (u64, &'static str)>,
+        channel: &str,
+    ) -> Result<Arc<str>, redb::Error> {
+        if let Some((name, _)) = out.staged.get_key_value(channel) {
+            return Ok(name.clone());
+        }
+        let (name, meta) = match self.loaded.get_key_value(channel) {
+            Some((name, meta)) => (name.clone(), meta.clone()),
+            None => {
+                let name: Arc<str> = channel.into();
+                let name_json: Arc<str> = serde_json::to_string(channel).unwrap_or_default().into();
+                let meta = match channels.get(channel)?.map(|v| v.value()) {
+                    Some((id, last)) => {
+                        let first = match entries.range((id, 0)..=(id, u64::MAX))?.next() {
+                            Some(item) => item?.0.value().1,
+                            None => last + 1,
+                        };
+                        Meta {
+                            id,
+                            first,
+                            last,
+                            name_json,
+                        }
+                    }
+                    None => {
+                        let id = out.next_id;
+                        out.next_id += 1;
+                        Meta {
+                            id,
+                            first: 1,
+                            last: 0,
+                            name_json,
+                        }
+                    }
+                };
+                // Readers see the committed state from now on; the tail
+                // fills as notifications are appended.
+                self.shared
+                    .channels
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(name.clone())
+                    .or_insert_with(|| {
+                        Arc::new(Mutex::new(Cached {
+                            first: meta.first,
+                            last: meta.last,
+                            tail: VecDeque::new(),
+                        }))
+                    });
+                (name, meta)
+            }
+        };
+        out.staged_ids.insert(meta.id, name.clone());
+        out.staged.insert(name.clone(), meta);
+        Ok(name)
+    }
+
+    /// Delete up to `TRIM_BUDGET` entries older than `cutoff`, oldest
+    /// channels first. True when nothing older than `cutoff` is left.
+    fn trim_slice(
+        &mut self,
+        out: &mut Outcome,
+        cutoff: u64,
+        entries: &mut redb::Table<'_, (u64, u64), (u64, &'static str)>,
+        heads: &mut redb::Table<'_, (u64, u64), ()>,
+    ) -> Result<bool, redb::Error> {
+        let due: Vec<(u64, u64)> = heads
+            .range(..(cutoff, 0))?
+            .take(TRIM_HEADS)
+            .map(|item| item.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()?;
+        let mut budget = TRIM_BUDGET;
+        let mut done = due.len() < TRIM_HEADS;
+        for (at, id) in due {
+            if budget == 0 {
+                done = false;
+                break;
+            }
+            heads.remove((at, id))?;
+            let mut expired = Vec::new();
+            let mut head = None;
+            for item in entries.range((id, 0)..=(id, u64::MAX))? {
+                let (key, value) = item?;
+                let (offset, at_ms) = (key.value().1, value.value().0);
+                if at_ms < cutoff && expired.len() < budget {
+                    expired.push(offset);
+                } else {
+                    head = Some((offset, at_ms));
+                    break;
+                }
+            }
+            for offset in &expired {
+                entries.remove((id, *offset))?;
+            }
+            budget -= expired.len();
+            out.trimmed_by_age += expired.len();
+            if let Some((_, at_ms)) = head {
+                heads.insert((at_ms, id), ())?;
+                if at_ms < cutoff {
+                    done = false;
+                }
+            }
+            let name = self
+                .by_id
+                .get(&id)
+                .or_else(|| out.staged_ids.get(&id))
+                .cloned();
+            if let Some(name) = name {
+                let meta = match out.staged.get_mut(&name) {
+                    Some(meta) => meta,
+                    None => match self.loaded.get(&name) {
+                        Some(meta) => out.staged.entry(name.clone()).or_insert(meta.clone()),
+                        None => continue,
+                    },
+                };
+                meta.first = head.map_or(meta.last + 1, |(offset, _)| offset);
+                out.firsts.push((name, meta.first));
+            }
+        }
+        Ok(done)
+    }
+
+    /// After the commit: remember, publish in order, answer.
+    fn apply(&mut self, appends: Vec<Request>, out: Outcome) {
+        let shared = &self.shared;
+        let appended = out.deliveries.len();
+        self.next_id = out.next_id;
+        self.by_id.extend(out.staged_ids);
+        self.loaded.extend(out.staged);
+        for d in &out.deliveries {
+            let Some(cached) = shared.cached(&d.channel) else {
+                continue;
+            };
+            let mut c = cached.lock().unwrap_or_else(|e| e.into_inner());
+            c.last = d.offset;
+            c.first = c
+                .first
+                .max((d.offset + 1).saturating_sub(self.max_per_channel));
+            c.tail.push_back(d.clone());
+            c.trim_front();
+            // Under the channel lock: the hub sees each channel in order,
+            // and a reader sees either the entry or its publication.
+            shared.hub.publish(d);
+        }
+        for (name, first) in &out.firsts {
+            if let Some(cached) = shared.cached(name) {
+                let mut c = cached.lock().unwrap_or_else(|e| e.into_inner());
+                c.first = c.first.max(*first);
+                c.trim_front();
+            }
+        }
+        if appended > 0 {
+            shared.metrics.store_committed(appended);
+        }
+        let trimmed = out.trimmed_by_count + out.trimmed_by_age;
+        shared.metrics.store_trimmed.inc_by(trimmed as u64);
+        for (request, results) in appends.into_iter().zip(out.results) {
+            let _ = request.reply.send(Ok(results));
+        }
+        if let Some(trim) = &mut self.trim {
+            trim.trimmed += out.trimmed_by_age;
+            if out.trim_done {
+                if let Some(trim) = self.trim.take() {
+                    for reply in trim.replies {
+                        let _ = reply.send(Ok(trim.trimmed));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The commit failed: nothing of it is durable; say so to every caller.
+    fn failed(&mut self, appends: Vec<Request>, e: &redb::Error) {
+        let notifications: usize = appends.iter().map(|r| r.batch.len()).sum();
+        let first_channel = appends
+            .first()
+            .and_then(|r| r.batch.first())
+            .map(|n| n.channel.clone())
+            .unwrap_or_default();
+        if !matches!(e, redb::Error::PreviousIo) || self.broken.is_none() {
+            tracing::error!(
+                file = %self.shared.file.display(),
+                appends = appends.len(),
+                notifications,
+                channel = first_channel,
+                error = %e,
+                "disk store commit failed; appends not acknowledged"
+            );
+        }
+        self.shared.metrics.store_error("append");
+        self.broken.get_or_insert_with(Instant::now);
+        let error = StoreError::Unavailable(format!("disk store: {e}"));
+        for request in appends {
+            let _ = request.reply.send(Err(error.clone()));
+        }
+        if let Some(trim) = self.trim.take() {
+            self.shared.metrics.store_error("trim");
+            for reply in trim.replies {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+fn other(e: StoreError) -> std::io::Error {
+    std::io::Error::other(e.to_string())
+}
+
+#[cfg(test)]
+mod tests;

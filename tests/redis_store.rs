@@ -1,0 +1,316 @@
+//! The Redis store: several herald nodes sharing one Redis, Redis restarts
+//! and outages, and a Redis that lost its data. The shared Redis of the
+//! machine (nothing on disk) serves tests that only need a Redis, each
+//! under its own key prefix; tests that restart Redis start their own.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::crash::{HttpProducer, Run, Scenario};
+use common::process::Process;
+use common::redis_server::{self, RedisServer, SHARED_URL};
+use common::{Herald, epoch_of, offsets, unique};
+use herald::config::StoreKind;
+use serde_json::{Value, json};
+
+async fn node(url: &str, prefix: &str, edit: impl FnOnce(&mut herald::config::Config)) -> Herald {
+    let (url, prefix) = (url.to_string(), prefix.to_string());
+    Herald::start_with(move |c| {
+        c.store.kind = StoreKind::Redis;
+        c.store.url = Some(url);
+        c.store.key_prefix = Some(prefix);
+        c.delivery.queue_capacity = 4096;
+        edit(c);
+    })
+    .await
+}
+
+fn event(channel: &str, n: usize) -> Value {
+    json!({"channel": channel, "title": format!("n{n}")})
+}
+
+/// POST until 202 (503 while the store is unavailable), within 20 s.
+async fn publish_retrying(h: &Herald, channel: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, answer) = h.post("t", &event(channel, n)).await;
+        if status == 202 {
+            return;
+        }
+        assert_eq!(status, 503, "{answer}");
+        assert!(Instant::now() < deadline, "still 503: {answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_share_one_log_and_a_client_moves_between_them() {
+    let prefix = redis_server::prefix();
+    let a = node(SHARED_URL, &prefix, |_| {}).await;
+    let b = node(SHARED_URL, &prefix, |_| {}).await;
+    let channel = unique("user");
+    let query = format!("channel={channel}");
+    let (mut on_a, sub_a) = a.subscribe(&query).await;
+    let (mut on_b, sub_b) = b.subscribe(&query).await;
+    assert_eq!(
+        sub_a["position"], sub_b["position"],
+        "one epoch for both nodes"
+    );
+
+    // Posted to A, seen on both, exactly once each.
+    for n in 0..3 {
+        a.publish("t", &event(&channel, n)).await;
+    }
+    let from_b = on_b.notifications(3).await;
+    let from_a = on_a.notifications(3).await;
+    assert_eq!(offsets(&from_b), [1, 2, 3]);
+    assert_eq!(from_a, from_b, "the same frames on every node");
+    on_a.assert_quiet(Duration::from_millis(300)).await;
+
+    // The client on A leaves after 3; 4 more arrive through B; it comes
+    // back on B with its last id and gets exactly those, then live.
+    let last = from_a[2]["id"].as_str().unwrap().to_string();
+    drop(on_a);
+    for n in 3..7 {
+        b.publish("t", &event(&channel, n)).await;
+    }
+    let mut moved = b
+        .connect(&format!("channel={channel}&last_id={last}"))
+        .await;
+    let replayed = moved.notifications(4).await;
+    assert_eq!(offsets(&replayed), [4, 5, 6, 7]);
+    let subscribed = moved.next_of_type("subscribed").await;
+    assert_eq!(subscribed["recovered"], true);
+    assert_eq!(subscribed["replayed"], 4);
+    a.publish("t", &event(&channel, 7)).await;
+    assert_eq!(moved.next_of_type("notification").await["offset"], 8);
+    assert_eq!(offsets(&on_b.notifications(5).await), [4, 5, 6, 7, 8]);
+
+    // A redelivered event is a duplicate on every node.
+    let client = reqwest::Client::new();
+    for h in [&a, &b] {
+        let answer: Value = client
+            .post(format!("{}/events/t", h.base))
+            .header("idempotency-key", "same")
+            .json(&event(&channel, 99))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let _ = answer;
+    }
+    let (_, metrics_b) = b.get("/metrics").await;
+    assert!(
+        metrics_b.contains("herald_notifications_duplicate_total 1"),
+        "{metrics_b}"
+    );
+    assert_eq!(moved.next_of_type("notification").await["offset"], 9);
+    moved.assert_quiet(Duration::from_millis(300)).await;
+    a.stop().await;
+    b.stop().await;
+    redis_server::cleanup(SHARED_URL, &prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_kill_9_one_mid_stream_and_clients_fail_over() {
+    let prefix = redis_server::prefix();
+    let config = format!(
+        "[store]\nkind = \"redis\"\nurl = \"{SHARED_URL}\"\nkey_prefix = \"{prefix}\"\n[delivery]\nqueue_capacity = 4096\n"
+    );
+    let mut a = Process::start(&config);
+    let mut b = Process::start(&config);
+    let producer = Arc::new(HttpProducer::new(vec![a.base(), b.base()]));
+    let scenario = Scenario {
+        channels: 4,
+        per_channel: 500,
+        batch: 5,
+        within: Duration::from_secs(120),
+    };
+    let ws = |p: &Process| format!("ws://127.0.0.1:{}/notifications", p.port);
+    let run = Run::start(
+        &scenario,
+        &unique("user"),
+        producer.clone(),
+        vec![ws(&a), ws(&b)],
+    )
+    .await;
+    run.wait_produced(0.25).await;
+    a.kill9();
+    run.wait_produced(0.5).await;
+    a.restart();
+    run.wait_produced(0.75).await;
+    b.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.restart();
+    let report = run.finish().await;
+    report.assert_exactly_once(&format!("{}\n--- node b ---\n{}", a.log(), b.log()));
+    a.stop();
+    b.stop();
+    redis_server::cleanup(SHARED_URL, &prefix).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_loses_nothing_acknowledged() {
+    let mut redis = RedisServer::start(true);
+    let prefix = redis_server::prefix();
+    let h = node(&redis.url(), &prefix, |_| {}).await;
+    let producer = Arc::new(HttpProducer::new(vec![h.base.clone()]));
+    let scenario = Scenario {
+        channels: 3,
+        per_channel: 400,
+        batch: 4,
+        within: Duration::from_secs(120),
+    };
+    let run = Run::start(
+        &scenario,
+        &unique("user"),
+        producer.clone(),
+        vec![h.ws_url("").trim_end_matches('?').to_string()],
+    )
+    .await;
+    for fraction in [0.3, 0.7] {
+        run.wait_produced(fraction).await;
+        redis.kill9();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        redis.restart();
+    }
+    let report = run.finish().await;
+    let (_, metrics) = h.get("/metrics").await;
+    report.assert_exactly_once(&metrics);
+    assert!(
+        producer.retries.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the outage was seen by the producer"
+    );
+    assert!(
+        metrics.contains(r#"herald_store_errors_total{op="feed"}"#),
+        "{metrics}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_redis_that_lost_its_data_gives_a_new_epoch_never_a_silent_gap() {
+    let mut redis = RedisServer::start(false);
+    let prefix = redis_server::prefix();
+    let h = node(&redis.url(), &prefix, |_| {}).await;
+    let channel = unique("user");
+    let (mut live, _) = h.subscribe(&format!("channel={channel}")).await;
+    for n in 0..3 {
+        h.publish("t", &event(&channel, n)).await;
+    }
+    let before = live.notifications(3).await;
+    let old_last = before[2]["id"].as_str().unwrap().to_string();
+
+    redis.kill9();
+    redis.restart();
+    publish_retrying(&h, &channel, 3).await;
+    // The live session is told before the first notification of the new
+    // history, and its offsets start again at 1.
+    let announced = live.next_of_type("subscribed").await;
+    assert_eq!(announced["recovered"], false, "{announced}");
+    let next = live.next_of_type("notification").await;
+    assert_ne!(next["epoch"], before[0]["epoch"]);
+    assert_eq!(next["offset"], 1);
+    assert_eq!(
+        announced["position"],
+        format!("{}-0", next["epoch"].as_str().unwrap())
+    );
+    // A client resuming with an id of the lost history gets no replay and
+    // recovered: false, then the new history live.
+    let (mut resumed, subscribed) = h
+        .subscribe(&format!("channel={channel}&last_id={old_last}"))
+        .await;
+    assert_eq!(subscribed["recovered"], false, "{subscribed}");
+    assert_eq!(
+        epoch_of(subscribed["position"].as_str().unwrap()),
+        next["epoch"].as_str().unwrap()
+    );
+    h.publish("t", &event(&channel, 4)).await;
+    assert_eq!(resumed.next_of_type("notification").await["offset"], 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn while_redis_is_down_appends_fail_and_resume_when_it_is_back() {
+    let mut redis = RedisServer::start(true);
+    redis.kill9();
+    let prefix = redis_server::prefix();
+    // Herald starts without Redis and says 503 until Redis is there.
+    let h = node(&redis.url(), &prefix, |_| {}).await;
+    let channel = unique("user");
+    let (status, answer) = h.post("t", &event(&channel, 0)).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("retry"),
+        "{answer}"
+    );
+    redis.restart();
+    publish_retrying(&h, &channel, 1).await;
+    // Reads wait for the live feed to reconnect too: `unavailable` until then.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut client, subscribed) = loop {
+        let mut client = h.connect(&format!("channel={channel}")).await;
+        let frame = client.frame().await;
+        if frame["type"] == "subscribed" {
+            break (client, frame);
+        }
+        assert_eq!(frame["code"], "unavailable", "{frame}");
+        assert!(Instant::now() < deadline, "the feed did not reconnect");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(epoch_of(subscribed["position"].as_str().unwrap()).len(), 16);
+    assert!(
+        subscribed["position"].as_str().unwrap().ends_with("-1"),
+        "only the acknowledged event: {subscribed}"
+    );
+    h.publish("t", &event(&channel, 2)).await;
+    assert_eq!(client.next_of_type("notification").await["offset"], 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn retention_by_count_and_age_in_redis() {
+    let prefix = redis_server::prefix();
+    let h = node(SHARED_URL, &prefix, |c| {
+        c.store.max_per_channel = 5;
+        c.store.max_age_secs = 1;
+    })
+    .await;
+    let channel = unique("user");
+    for n in 0..8 {
+        h.publish("t", &event(&channel, n)).await;
+    }
+    let (_, head) = h.subscribe(&format!("channel={channel}")).await;
+    let epoch = epoch_of(head["position"].as_str().unwrap());
+    let mut exact = h
+        .connect(&format!("channel={channel}&last_id={epoch}-3"))
+        .await;
+    assert_eq!(offsets(&exact.notifications(5).await), [4, 5, 6, 7, 8]);
+    assert_eq!(exact.next_of_type("subscribed").await["recovered"], true);
+    let (_, gap) = h
+        .subscribe(&format!("channel={channel}&last_id={epoch}-2"))
+        .await;
+    assert_eq!(gap["recovered"], false, "offset 3 was trimmed by count");
+    // By age: within a few retention passes nothing is left to replay.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut c = h
+            .connect(&format!("channel={channel}&last_id={epoch}-3"))
+            .await;
+        let first = c.frame().await;
+        if first["type"] == "subscribed" {
+            assert_eq!(first["recovered"], false, "{first}");
+            assert_eq!(first["position"], format!("{epoch}-8"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "nothing expired");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    h.stop().await;
+    redis_server::cleanup(SHARED_URL, &prefix).await;
+}
