@@ -8,6 +8,7 @@
 //! [`Event`]: crate::event::Event
 
 pub mod http;
+pub mod kafka;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,8 @@ use crate::pipeline::Pipeline;
 pub enum SourceConfig {
     /// `POST /events/{topic}` on the main HTTP server.
     Http(http::HttpSourceConfig),
+    /// A Kafka consumer-group member.
+    Kafka(kafka::KafkaSourceConfig),
 }
 
 impl SourceConfig {
@@ -37,7 +40,6 @@ impl SourceConfig {
 
     /// The HTTP source's settings, when this is one.
     pub fn http(&self) -> Option<&http::HttpSourceConfig> {
-        #[allow(irrefutable_let_patterns)] // until the broker sources land
         if let SourceConfig::Http(c) = self {
             Some(c)
         } else {
@@ -48,6 +50,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Http(_) => "http",
+            SourceConfig::Kafka(_) => "kafka",
         }
     }
 
@@ -55,14 +58,17 @@ impl SourceConfig {
     pub fn validate(&self) -> Result<(), (String, String)> {
         match self {
             SourceConfig::Http(c) => c.validate(),
+            SourceConfig::Kafka(c) => c.validate(),
         }
     }
 
-    /// Build the runnable source.
-    pub fn build(&self) -> Box<dyn Source> {
-        match self {
+    /// Build the runnable source named `name`. Fails with
+    /// [`SourceError::Config`] when its client rejects the settings.
+    pub fn build(&self, name: &str) -> Result<Box<dyn Source>, SourceError> {
+        Ok(match self {
             SourceConfig::Http(_) => Box::new(http::HttpSource),
-        }
+            SourceConfig::Kafka(c) => Box::new(c.build(name)?),
+        })
     }
 }
 
