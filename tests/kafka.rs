@@ -100,14 +100,12 @@ rules:
     emit: {{ channel: "{{{{ event.channel }}}}", title: "http" }}
 "#
     ));
-    let group = unique("g");
+    let mut source = kafka::source(&kafka.brokers, &[&topic], &unique("g"));
+    // A tiny window: partitions get paused and resumed all the time.
+    source.max_in_flight = 2;
     let h = Herald::start_with(|c| {
         c.rules.path = Some(rules);
-        c.sources = vec![kafka::kafka_source(kafka::source(
-            &kafka.brokers,
-            &[&topic],
-            &group,
-        ))];
+        c.sources = vec![kafka::kafka_source(source)];
     })
     .await;
     let body = h.wait_ready(503, Duration::from_secs(1)).await.unwrap();
@@ -353,6 +351,11 @@ async fn sigterm_mid_stream_then_restart_resumes_from_committed_offsets() {
     let channel = unique("c");
     let mut client = Client::connect(&herald.ws_url(&format!("channel={channel}"))).await;
     client.next_of_type("subscribed").await;
+    assert!(
+        herald.wait_ready(200, Duration::from_secs(30)).await,
+        "herald joined its group:\n{}",
+        herald.log()
+    );
 
     const TOTAL: i64 = 300;
     let producer = {
@@ -382,6 +385,10 @@ async fn sigterm_mid_stream_then_restart_resumes_from_committed_offsets() {
     }
     let seen_first: BTreeSet<i64> = first.iter().map(seq).collect();
     assert_eq!(seen_first.len(), first.len(), "no duplicate within a run");
+    assert!(
+        seen_first.len() < TOTAL as usize,
+        "stopped mid-stream (the producer was still running)"
+    );
 
     herald.restart();
     let mut client = Client::connect(&herald.ws_url(&format!("channel={channel}"))).await;
