@@ -276,7 +276,6 @@ impl Source for KafkaSource {
             } = *self;
             ctx.set_ready(false, format!("connecting to {}", config.brokers));
             let shared = Arc::new(Shared {
-                name: ctx.name.clone(),
                 pipeline: ctx.pipeline.clone(),
                 metrics: ctx.pipeline.metrics().clone(),
                 dead_letter,

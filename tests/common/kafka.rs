@@ -141,20 +141,10 @@ impl Kafka {
         }
     }
 
-    /// Produce one message to `partition` and wait for the acknowledgement.
-    pub async fn send(
-        &self,
-        topic: &str,
-        partition: i32,
-        key: Option<&str>,
-        value: &[u8],
-        headers: &[(&str, &str)],
-    ) -> i64 {
-        self.send_later(topic, partition, key, value, headers).await
-    }
-
-    /// Like `send`, as a future that can be kept while producing more.
-    pub fn send_later(
+    /// Produce one message to `partition`; the future resolves with its
+    /// offset once the broker acknowledged it (it can be kept while
+    /// producing more).
+    pub fn send(
         &self,
         topic: &str,
         partition: i32,

@@ -21,6 +21,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::worker::{Finished, Record, partition_worker};
 use super::{DRAIN_TIMEOUT, Run};
@@ -195,13 +196,17 @@ impl ConsumerCtx {
             id,
             tx: self.finished_tx.clone(),
         };
-        run.runtime.spawn(partition_worker(
-            run.shared.clone(),
-            rx,
-            drain.clone(),
-            done.clone(),
-            finished,
-        ));
+        let span = tracing::info_span!("kafka_partition", source = %self.name, topic, partition);
+        run.runtime.spawn(
+            partition_worker(
+                run.shared.clone(),
+                rx,
+                drain.clone(),
+                done.clone(),
+                finished,
+            )
+            .instrument(span),
+        );
         tracing::debug!(source = %self.name, topic, partition, "partition worker started");
         Worker {
             id,

@@ -2,6 +2,9 @@
 //! keeps up to `max_in_flight` appends in flight, and reports the offset
 //! after the last finished record; plus dead letters.
 //!
+//! Each worker runs in a `kafka_partition` span carrying the source,
+//! topic and partition, so its log lines name only the offset.
+//!
 //! Invariants: the worker submits records in the order it receives them,
 //! so the log keeps the partition's order; `done` only moves past a record
 //! once it and every earlier record finished (appended, or dead-lettered
@@ -32,7 +35,6 @@ use crate::store::StoreError;
 
 /// What every partition worker shares.
 pub(super) struct Shared {
-    pub(super) name: String,
     pub(super) pipeline: Arc<Pipeline>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) dead_letter: Option<DeadLetter>,
@@ -220,9 +222,6 @@ impl Shared {
                     self.metrics
                         .dead_lettered(SourceKind::Kafka.as_str(), why.reason.as_str());
                     tracing::debug!(
-                        source = %self.name,
-                        topic = %rec.topic,
-                        partition = rec.partition,
                         offset = rec.offset,
                         dead_letter_topic = %dlq.topic,
                         reason = why.reason.as_str(),
@@ -234,9 +233,6 @@ impl Shared {
                     if !drop_value =>
                 {
                     tracing::warn!(
-                        source = %self.name,
-                        topic = %rec.topic,
-                        partition = rec.partition,
                         offset = rec.offset,
                         dead_letter_topic = %dlq.topic,
                         "dead letter too large for the broker; sending it without its value"
@@ -247,9 +243,6 @@ impl Shared {
                     self.metrics
                         .source_error(SourceKind::Kafka.as_str(), "dead_letter");
                     tracing::warn!(
-                        source = %self.name,
-                        topic = %rec.topic,
-                        partition = rec.partition,
                         offset = rec.offset,
                         dead_letter_topic = %dlq.topic,
                         error = %e,
@@ -363,9 +356,6 @@ pub(super) async fn partition_worker(
                     }
                     shared.metrics.source_error(SourceKind::Kafka.as_str(), "store");
                     tracing::warn!(
-                        source = %shared.name,
-                        topic = %again[0].topic,
-                        partition = again[0].partition,
                         offset = again[0].offset,
                         error = %e,
                         retry_in_ms = backoff.as_millis() as u64,
@@ -531,7 +521,6 @@ mod tests {
             metrics.clone(),
         ));
         let shared = Arc::new(Shared {
-            name: "kafka".into(),
             pipeline,
             metrics,
             dead_letter: None,
