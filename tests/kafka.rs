@@ -101,7 +101,7 @@ rules:
 "#
     ));
     let mut source = kafka::source(&kafka.brokers, &[&topic], &unique("g"));
-    // A tiny window: partitions get paused and resumed all the time.
+    // A tiny window: each worker keeps stopping and resuming its reads.
     source.max_in_flight = 2;
     let h = Herald::start_with(|c| {
         c.rules.path = Some(rules);

@@ -1,25 +1,28 @@
 //! The Kafka source: one consumer-group member (rdkafka / librdkafka).
 //!
 //! How a message travels:
-//! 1. A dedicated thread polls the consumer (librdkafka is blocking, and the
-//!    rebalance callback must be able to wait for the partitions it takes
-//!    away). It copies each message into a [`Record`] and hands it to the
-//!    worker of its partition over a bounded channel.
-//! 2. One task per assigned partition turns records into events in offset
+//! 1. A dedicated thread polls the consumer for librdkafka's events
+//!    (librdkafka is blocking, and the rebalance callback must be able to
+//!    wait for the partitions it takes away). When partitions are assigned
+//!    it splits each one's messages into a queue of its own and starts a
+//!    worker task on it.
+//! 2. Each worker copies its partition's messages into records in offset
 //!    order and calls [`Pipeline::submit`]; up to `max_in_flight` appends
 //!    stay in flight (a FIFO window) so a store with group commit can batch.
-//!    Partitions run concurrently and never wait for each other.
+//!    Partitions run concurrently and never wait for each other: a worker
+//!    that is behind leaves its messages in librdkafka's queue, whose
+//!    per-partition limits then hold back fetching for that partition only.
 //! 3. When the head of a partition's window is durable (its notifications
 //!    appended, its dead letter acknowledged by the broker), the worker
-//!    advances the partition's done offset; the polling thread stores it in
+//!    advances the partition's next offset; the polling thread stores it in
 //!    librdkafka (`enable.auto.offset.store=false`), which commits stored
 //!    offsets every `auto.commit.interval.ms`. This is rust-rdkafka's
 //!    `examples/at_least_once.rs`, per partition.
 //!
 //! The code: this file holds the configuration, start-up and the polling
 //! thread; [`worker`] the per-partition workers and dead letters;
-//! [`context`] librdkafka's callbacks (dispatch, offsets, rebalances,
-//! readiness, logs).
+//! [`context`] librdkafka's callbacks (rebalances, offsets, readiness,
+//! logs).
 //!
 //! Invariants:
 //! - an offset is stored only after the event at it and every earlier event
@@ -29,13 +32,10 @@
 //!   workers, lets their in-flight appends finish (bounded by
 //!   [`DRAIN_TIMEOUT`]), stores their offsets and commits synchronously
 //!   before the partitions go to another member;
-//! - a partition whose channel is full is paused at the broker and resumed
-//!   once its worker catches up, so a slow partition never stalls the others
-//!   and memory stays bounded;
-//! - a poison message (not JSON, over `max_message_bytes`, or failing every
-//!   rule) is written to `dead_letter_topic` with its key, value and headers
-//!   plus `herald-*` reason headers, or logged and counted when none is set;
-//!   then its offset is stored like any other;
+//! - a poison message (not a JSON object, over `max_message_bytes`, or
+//!   failing every rule) is written to `dead_letter_topic` with its key,
+//!   value and headers plus `herald-*` reason headers, or logged and counted
+//!   when none is set; then its offset is stored like any other;
 //! - the default dedupe key starts with `kafka:<topic>:<partition>:<offset>`,
 //!   so a redelivered message appends nothing new.
 //!
@@ -43,7 +43,7 @@
 //! back-off, holding back only that partition's offsets (nothing is skipped).
 //! Broker outages are librdkafka's to ride out (it reconnects with
 //! `reconnect.backoff.ms` .. `reconnect.backoff.max.ms`); `/readyz` follows
-//! the broker and group-coordinator state from librdkafka's statistics.
+//! the broker and group state (see [`context`]).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -71,8 +71,6 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest the polling thread blocks in librdkafka, which bounds how late
 /// it notices shutdown and stores finished offsets.
 const POLL_TIMEOUT: Duration = Duration::from_millis(100);
-/// Poll timeout while a paused partition waits to hand records over.
-const PARKED_POLL_TIMEOUT: Duration = Duration::from_millis(10);
 /// How often finished offsets are handed to librdkafka's offset store.
 const STORE_EVERY: Duration = Duration::from_millis(100);
 /// Back-off of a partition whose append or dead letter failed.
@@ -314,10 +312,13 @@ fn failed(name: &str, message: &str) -> SourceError {
     }
 }
 
-/// The polling thread: subscribe, dispatch messages to partition workers,
-/// store finished offsets; at shutdown drain, commit and leave the group.
+/// The polling thread: subscribe, serve librdkafka's events (rebalances
+/// start and stop partition workers), store finished offsets; at shutdown
+/// drain, commit and leave the group.
 fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, topics: &[String]) -> Result<(), SourceError> {
+    let consumer = Arc::new(consumer);
     let ctx = consumer.context().clone();
+    let _ = ctx.consumer.set(Arc::downgrade(&consumer));
     let Some(run) = ctx.run.get() else {
         return Err(failed(&ctx.name, "not started"));
     };
@@ -327,32 +328,36 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, topics: &[String]) -> Result<(
         .map_err(|e| failed(&ctx.name, &format!("cannot subscribe to {topics:?}: {e}")))?;
     tracing::info!(source = %ctx.name, group = %ctx.group, ?topics, "kafka consumer subscribed");
     let mut last_store = Instant::now();
-    let mut parked = false;
     while !run.source.shutdown.is_cancelled() {
-        let timeout = if parked {
-            PARKED_POLL_TIMEOUT
-        } else {
-            POLL_TIMEOUT
-        };
-        match consumer.poll(timeout) {
+        match consumer.poll(POLL_TIMEOUT) {
             None => {}
-            Some(Ok(message)) => parked |= ctx.dispatch(&consumer, &message),
+            Some(Ok(message)) => ctx.stray(&consumer, &message),
             Some(Err(e)) => ctx.consume_error(&e),
         }
-        if parked {
-            parked = ctx.unpark(&consumer);
-        }
         if last_store.elapsed() >= STORE_EVERY {
+            ctx.reap(&consumer);
             ctx.store_offsets(&consumer);
             last_store = Instant::now();
         }
     }
     tracing::info!(source = %ctx.name, "kafka source stopping: finishing in-flight events");
     ctx.stop_partitions(&consumer, None, true);
-    // Dropping the consumer closes it: it leaves the group (the final
-    // revocation finds nothing left to drain) so the partitions move on at
-    // once instead of after a session timeout.
-    drop(consumer);
+    // Close here, not wherever the last reference drops: closing leaves
+    // the group (the final revocation finds nothing left to drain) so the
+    // partitions move on at once instead of after a session timeout.
+    // Dropping the only reference closes it; a worker that did not finish
+    // in time may still hold one, so then close explicitly.
+    match Arc::try_unwrap(consumer) {
+        Ok(consumer) => drop(consumer),
+        Err(consumer) => match consumer.close_queue() {
+            Ok(()) => {
+                while !consumer.closed() {
+                    consumer.poll(POLL_TIMEOUT);
+                }
+            }
+            Err(e) => tracing::warn!(source = %ctx.name, error = %e, "cannot close the consumer"),
+        },
+    }
     tracing::info!(source = %ctx.name, "kafka source stopped");
     Ok(())
 }

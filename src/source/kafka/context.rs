@@ -3,13 +3,20 @@
 //! `poll`) and from its own threads (logs). It owns the partition workers'
 //! handles, so the polling thread and the rebalance callback share them.
 //!
+//! Each assigned partition's messages are split off into their own
+//! librdkafka queue (`split_partition_queue`) before the assignment takes
+//! effect, and that queue is read by the partition's worker alone: the
+//! polling thread only serves events, and librdkafka's per-partition fetch
+//! limits (`queued.min.messages`, `queued.max.messages.kbytes`) hold back
+//! a partition whose worker is behind without touching the others.
+//!
 //! Invariant: a revocation returns only after the revoked partitions'
 //! workers stopped (or [`DRAIN_TIMEOUT`] passed) and their final offsets
 //! were stored and, unless the assignment was lost, committed.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, mpsc as std_mpsc};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
@@ -19,11 +26,11 @@ use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::worker::{Finished, Record, partition_worker};
+use super::worker::{Finished, Input, partition_worker};
 use super::{DRAIN_TIMEOUT, Run};
 use crate::event::SourceKind;
 
@@ -32,24 +39,12 @@ struct Worker {
     id: u64,
     topic: Arc<str>,
     partition: i32,
-    tx: mpsc::Sender<Arc<Record>>,
     drain: CancellationToken,
-    /// Offset after the last finished record (-1: none yet).
-    done: Arc<AtomicI64>,
-    /// The last `done` handed to librdkafka's offset store.
+    /// Offset of the partition's first unfinished record (-1 until the
+    /// worker read one): what may be committed.
+    next: Arc<AtomicI64>,
+    /// The last `next` handed to librdkafka's offset store.
     stored: i64,
-    /// Offset of the first record handed to this worker.
-    first: i64,
-    /// Records waiting while the channel is full (the partition is paused).
-    parked: VecDeque<Arc<Record>>,
-}
-
-impl Worker {
-    fn tpl(&self) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::with_capacity(1);
-        tpl.add_partition(&self.topic, self.partition);
-        tpl
-    }
 }
 
 /// Live workers by topic and partition.
@@ -71,6 +66,9 @@ pub(super) struct ConsumerCtx {
     pub(super) name: String,
     pub(super) group: String,
     pub(super) run: OnceLock<Run>,
+    /// The consumer this is the context of, to split partition queues
+    /// from inside the rebalance callback.
+    pub(super) consumer: OnceLock<Weak<BaseConsumer<ConsumerCtx>>>,
     partitions: Mutex<Partitions>,
     next_worker: AtomicU64,
     /// Workers report here when they return.
@@ -110,6 +108,7 @@ impl ConsumerCtx {
             name: name.to_string(),
             group: group.to_string(),
             run: OnceLock::new(),
+            consumer: OnceLock::new(),
             partitions: Mutex::new(Partitions::default()),
             next_worker: AtomicU64::new(0),
             finished_tx,
@@ -124,130 +123,141 @@ impl ConsumerCtx {
         }
     }
 
-    /// Hand `m` to its partition's worker, starting one for a partition
-    /// seen for the first time. Returns whether that partition now has
-    /// parked records (and is paused).
-    pub(super) fn dispatch(&self, consumer: &BaseConsumer<Self>, m: &BorrowedMessage<'_>) -> bool {
-        let Some(run) = self.run.get() else {
-            return false;
+    /// Start a worker for each partition of `tpl`, reading the partition's
+    /// own queue. Called before the assignment takes effect, so no message
+    /// of these partitions reaches the consumer's main queue.
+    fn start_partitions(&self, tpl: &TopicPartitionList) {
+        let (Some(run), Some(consumer)) =
+            (self.run.get(), self.consumer.get().and_then(Weak::upgrade))
+        else {
+            return;
         };
-        let (topic, partition) = (m.topic(), m.partition());
         let mut parts = lock(&self.partitions);
-        if parts
-            .by_topic
-            .get(topic)
-            .is_none_or(|ws| !ws.contains_key(&partition))
-        {
-            let worker = self.spawn_worker(run, topic, partition, m.offset());
-            parts
-                .by_topic
-                .entry(topic.to_string())
-                .or_default()
-                .insert(partition, worker);
-        }
-        let Some(workers) = parts.by_topic.get_mut(topic) else {
-            return false;
-        };
-        let Some(worker) = workers.get_mut(&partition) else {
-            return false;
-        };
-        let rec = Arc::new(Record::new(worker.topic.clone(), m));
-        if !worker.parked.is_empty() {
-            worker.parked.push_back(rec);
-            return true;
-        }
-        match worker.tx.try_send(rec) {
-            Ok(()) => false,
-            Err(mpsc::error::TrySendError::Full(rec)) => {
-                worker.parked.push_back(rec);
-                tracing::debug!(source = %self.name, topic, partition, "partition paused: its worker is behind");
-                if let Err(e) = consumer.pause(&worker.tpl()) {
-                    tracing::warn!(source = %self.name, topic, partition, error = %e, "cannot pause partition");
-                }
-                true
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                // The worker is gone (a bug): rewind so nothing after its
-                // last finished offset is skipped; the next message starts
-                // a new worker.
-                let done = worker.done.load(Ordering::Acquire);
-                let from = if done >= 0 { done } else { worker.first };
-                workers.remove(&partition);
-                tracing::error!(source = %self.name, topic, partition, offset = from, "partition worker stopped unexpectedly; rewinding");
-                if let Err(e) = consumer.seek(
-                    topic,
-                    partition,
-                    Offset::Offset(from),
-                    Duration::from_secs(1),
-                ) {
-                    tracing::error!(source = %self.name, topic, partition, error = %e, "cannot rewind partition");
-                }
-                false
+        for e in tpl.elements() {
+            let (topic, partition) = (e.topic(), e.partition());
+            if let Some(worker) = self.spawn_worker(run, &consumer, topic, partition) {
+                parts
+                    .by_topic
+                    .entry(topic.to_string())
+                    .or_default()
+                    .insert(partition, worker);
             }
         }
     }
 
-    fn spawn_worker(&self, run: &Run, topic: &str, partition: i32, first: i64) -> Worker {
+    fn spawn_worker(
+        &self,
+        run: &Run,
+        consumer: &Arc<BaseConsumer<Self>>,
+        topic: &str,
+        partition: i32,
+    ) -> Option<Worker> {
+        let Some(mut queue) = consumer.split_partition_queue(topic, partition) else {
+            self.count_error("client");
+            tracing::error!(source = %self.name, topic, partition, "cannot get the partition's queue; its messages go to the main queue");
+            return None;
+        };
+        let wake = Arc::new(Notify::new());
+        queue.set_nonempty_callback({
+            let wake = wake.clone();
+            move || wake.notify_one()
+        });
         let id = self.next_worker.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(run.shared.max_in_flight);
+        let topic: Arc<str> = topic.into();
         let drain = CancellationToken::new();
-        let done = Arc::new(AtomicI64::new(-1));
+        let next = Arc::new(AtomicI64::new(-1));
+        let input = Input {
+            queue,
+            wake,
+            topic: topic.clone(),
+        };
         let finished = Finished {
             id,
             tx: self.finished_tx.clone(),
         };
-        let span = tracing::info_span!("kafka_partition", source = %self.name, topic, partition);
+        let span =
+            tracing::info_span!("kafka_partition", source = %self.name, topic = %topic, partition);
         run.runtime.spawn(
             partition_worker(
                 run.shared.clone(),
-                rx,
+                input,
                 drain.clone(),
-                done.clone(),
+                next.clone(),
                 finished,
             )
             .instrument(span),
         );
-        tracing::debug!(source = %self.name, topic, partition, "partition worker started");
-        Worker {
+        tracing::debug!(source = %self.name, topic = %topic, partition, "partition worker started");
+        Some(Worker {
             id,
-            topic: topic.into(),
+            topic,
             partition,
-            tx,
             drain,
-            done,
+            next,
             stored: -1,
-            first,
-            parked: VecDeque::new(),
+        })
+    }
+
+    /// A message on the main queue: its partition has no queue of its own
+    /// (splitting failed). It cannot be processed in order here, so the
+    /// partition is rewound to it and its worker (started now) reads it.
+    pub(super) fn stray(&self, consumer: &BaseConsumer<Self>, m: &BorrowedMessage<'_>) {
+        let (topic, partition, offset) = (m.topic(), m.partition(), m.offset());
+        tracing::warn!(source = %self.name, topic, partition, offset, "message outside its partition queue; rewinding the partition");
+        let mut tpl = TopicPartitionList::with_capacity(1);
+        tpl.add_partition(topic, partition);
+        self.start_partitions(&tpl);
+        if let Err(e) = consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(1),
+        ) {
+            tracing::error!(source = %self.name, topic, partition, error = %e, "cannot rewind partition");
         }
     }
 
-    /// Move parked records into their channels; resume partitions whose
-    /// backlog is gone. Returns whether any are still parked.
-    pub(super) fn unpark(&self, consumer: &BaseConsumer<Self>) -> bool {
-        let mut parts = lock(&self.partitions);
-        let mut still = false;
-        for w in parts.iter_mut().filter(|w| !w.parked.is_empty()) {
-            while let Some(rec) = w.parked.pop_front() {
-                match w.tx.try_send(rec) {
-                    Ok(()) => {}
-                    Err(
-                        mpsc::error::TrySendError::Full(rec)
-                        | mpsc::error::TrySendError::Closed(rec),
-                    ) => {
-                        w.parked.push_front(rec);
-                        break;
-                    }
+    /// Replace workers that returned on their own (a bug: they only return
+    /// when drained), rewinding their partitions to the first unfinished
+    /// record.
+    pub(super) fn reap(&self, consumer: &BaseConsumer<Self>) {
+        let finished: Vec<u64> = lock(&self.finished_rx).try_iter().collect();
+        if finished.is_empty() {
+            return;
+        }
+        let dead: Vec<Worker> = {
+            let mut parts = lock(&self.partitions);
+            let keys: Vec<(String, i32)> = parts
+                .by_topic
+                .iter()
+                .flat_map(|(topic, workers)| {
+                    workers
+                        .iter()
+                        .filter(|(_, w)| finished.contains(&w.id))
+                        .map(move |(p, _)| (topic.clone(), *p))
+                })
+                .collect();
+            keys.into_iter()
+                .filter_map(|(topic, p)| parts.by_topic.get_mut(&topic)?.remove(&p))
+                .collect()
+        };
+        for w in dead {
+            let next = w.next.load(Ordering::Acquire);
+            tracing::error!(source = %self.name, topic = %w.topic, partition = w.partition, offset = next, "partition worker stopped unexpectedly; restarting it");
+            let mut tpl = TopicPartitionList::with_capacity(1);
+            tpl.add_partition(&w.topic, w.partition);
+            self.start_partitions(&tpl);
+            if next >= 0 {
+                if let Err(e) = consumer.seek(
+                    &w.topic,
+                    w.partition,
+                    Offset::Offset(next),
+                    Duration::from_secs(1),
+                ) {
+                    tracing::error!(source = %self.name, topic = %w.topic, partition = w.partition, error = %e, "cannot rewind partition");
                 }
-            }
-            if w.parked.is_empty() {
-                if let Err(e) = consumer.resume(&w.tpl()) {
-                    tracing::warn!(source = %self.name, topic = %w.topic, partition = w.partition, error = %e, "cannot resume partition");
-                }
-            } else {
-                still = true;
             }
         }
-        still
     }
 
     /// Hand finished offsets to librdkafka's offset store (auto-commit
@@ -257,12 +267,12 @@ impl ConsumerCtx {
         {
             let mut parts = lock(&self.partitions);
             for w in parts.iter_mut() {
-                let done = w.done.load(Ordering::Acquire);
-                if done > w.stored {
+                let next = w.next.load(Ordering::Acquire);
+                if next > w.stored {
                     // The same offset needs no second attempt: a refusal means
                     // the partition is no longer ours.
-                    w.stored = done;
-                    let _ = tpl.add_partition_offset(&w.topic, w.partition, Offset::Offset(done));
+                    w.stored = next;
+                    let _ = tpl.add_partition_offset(&w.topic, w.partition, Offset::Offset(next));
                 }
             }
         }
@@ -302,10 +312,6 @@ impl ConsumerCtx {
         }
         for w in &stopped {
             w.drain.cancel();
-            if !w.parked.is_empty() {
-                // Paused: resume so the next owner (maybe us) fetches it.
-                let _ = consumer.resume(&w.tpl());
-            }
         }
         let mut waiting: HashSet<u64> = stopped.iter().map(|w| w.id).collect();
         let deadline = Instant::now() + DRAIN_TIMEOUT;
@@ -326,9 +332,9 @@ impl ConsumerCtx {
         }
         let mut tpl = TopicPartitionList::new();
         for w in &stopped {
-            let done = w.done.load(Ordering::Acquire);
-            if done >= 0 {
-                let _ = tpl.add_partition_offset(&w.topic, w.partition, Offset::Offset(done));
+            let next = w.next.load(Ordering::Acquire);
+            if next >= 0 {
+                let _ = tpl.add_partition_offset(&w.topic, w.partition, Offset::Offset(next));
             }
         }
         if tpl.count() == 0 {
@@ -388,7 +394,8 @@ impl ConsumerCtx {
                 format!("group {}: {n} partitions assigned", self.group),
             ),
         };
-        if h.reported != Some(ready) {
+        // Going unready while shutting down is expected, not news.
+        if h.reported != Some(ready) && !run.source.shutdown.is_cancelled() {
             if ready {
                 tracing::info!(source = %self.name, detail, "kafka source ready");
             } else if h.reported.is_some() {
@@ -563,6 +570,7 @@ impl ConsumerContext for ConsumerCtx {
             }
             Rebalance::Assign(tpl) => {
                 tracing::info!(source = %self.name, group = %self.group, partitions = %describe(tpl), "partitions assigned");
+                self.start_partitions(tpl);
             }
             Rebalance::Error(e) => {
                 self.count_error("rebalance");

@@ -19,14 +19,15 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, StreamExt};
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::context::ProducerCtx;
+use super::context::{ConsumerCtx, ProducerCtx};
 use super::{BACKOFF_MAX, BACKOFF_MIN};
 use crate::event::{Event, Meta, SourceKind};
 use crate::metrics::Metrics;
@@ -323,26 +324,70 @@ impl DeadLetter {
     }
 }
 
+/// Where a worker reads its records.
+pub(super) trait Feed: Send + 'static {
+    /// The next record; `None` when nothing is queued.
+    fn next(&mut self) -> Option<Record>;
+    /// Notified when the feed turns non-empty.
+    fn wake(&self) -> &Notify;
+}
+
+/// A partition's own librdkafka queue, and a wake-up for when it turns
+/// non-empty.
+pub(super) struct Input {
+    pub(super) queue: PartitionQueue<ConsumerCtx>,
+    pub(super) wake: Arc<Notify>,
+    pub(super) topic: Arc<str>,
+}
+
+impl Feed for Input {
+    /// Errors on the queue were already logged by the context's `error`.
+    fn next(&mut self) -> Option<Record> {
+        loop {
+            match self.queue.poll(Duration::ZERO)? {
+                Ok(m) => return Some(Record::new(self.topic.clone(), &m)),
+                Err(e) => tracing::debug!(error = %e, "partition queue error"),
+            }
+        }
+    }
+
+    fn wake(&self) -> &Notify {
+        &self.wake
+    }
+}
+
 /// A partition's worker: submits its records in order with at most
-/// `max_in_flight` in flight, and publishes the offset after the last
-/// finished one in `done`. On `drain` it takes no new record, finishes the
-/// in-flight ones and returns.
+/// `max_in_flight` in flight, and publishes in `next` the offset of the
+/// first record not finished yet. On `drain` it takes no new record,
+/// finishes the in-flight ones and returns.
 pub(super) async fn partition_worker(
     shared: Arc<Shared>,
-    mut rx: mpsc::Receiver<Arc<Record>>,
+    mut input: impl Feed,
     drain: CancellationToken,
-    done: Arc<AtomicI64>,
+    next: Arc<AtomicI64>,
     _finished: Finished,
 ) {
     let mut window: FuturesOrdered<BoxFuture<'static, Outcome>> = FuturesOrdered::new();
     let mut backoff = BACKOFF_MIN;
     loop {
+        // Take what is queued while the window has room. When it is full,
+        // the records wait in librdkafka's queue, whose size limits hold
+        // back fetching for this partition only.
+        while window.len() < shared.max_in_flight && !drain.is_cancelled() {
+            let Some(rec) = input.next() else {
+                break;
+            };
+            if next.load(Ordering::Relaxed) < 0 {
+                next.store(rec.offset, Ordering::Release);
+            }
+            window.push_back(shared.start(Arc::new(rec), &drain));
+        }
         tokio::select! {
             biased;
             () = drain.cancelled() => break,
             Some((rec, result)) = window.next(), if !window.is_empty() => match result {
                 Ok(()) => {
-                    done.store(rec.offset + 1, Ordering::Release);
+                    next.store(rec.offset + 1, Ordering::Release);
                     backoff = BACKOFF_MIN;
                 }
                 Err(Failure::Stopped) => return,
@@ -371,19 +416,16 @@ pub(super) async fn partition_worker(
                     }
                 }
             },
-            rec = rx.recv(), if window.len() < shared.max_in_flight => match rec {
-                Some(rec) => window.push_back(shared.start(rec, &drain)),
-                None => break,
-            },
+            () = input.wake().notified(), if window.len() < shared.max_in_flight => {}
         }
     }
     while let Some((rec, result)) = window.next().await {
         if result.is_err() {
-            // Later records may be done, but their offsets must not pass
-            // this one: stop here and let them be redelivered.
+            // Later records may be done, but the committed offset must not
+            // pass this one: stop here and let them be redelivered.
             return;
         }
-        done.store(rec.offset + 1, Ordering::Release);
+        next.store(rec.offset + 1, Ordering::Release);
     }
 }
 
@@ -401,8 +443,8 @@ impl Drop for Finished {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::VecDeque;
     use std::sync::Mutex;
-    use std::sync::atomic::AtomicI64;
 
     use super::super::context::lock;
     use super::*;
@@ -511,6 +553,22 @@ mod tests {
         }
     }
 
+    /// Records pushed by the test.
+    struct TestFeed {
+        records: Arc<Mutex<VecDeque<Record>>>,
+        wake: Arc<Notify>,
+    }
+
+    impl Feed for TestFeed {
+        fn next(&mut self) -> Option<Record> {
+            lock(&self.records).pop_front()
+        }
+
+        fn wake(&self) -> &Notify {
+            &self.wake
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_failed_append_holds_the_offset_back_and_is_retried_in_order() {
         let store = Arc::new(Flaky::default());
@@ -527,15 +585,20 @@ mod tests {
             max_message_bytes: 1024,
             max_in_flight: 4,
         });
-        let (tx, rx) = mpsc::channel(16);
+        let records = Arc::new(Mutex::new(VecDeque::new()));
+        let wake = Arc::new(Notify::new());
+        let feed = TestFeed {
+            records: records.clone(),
+            wake: wake.clone(),
+        };
         let drain = CancellationToken::new();
-        let done = Arc::new(AtomicI64::new(-1));
+        let next = Arc::new(AtomicI64::new(-1));
         let (finished_tx, finished_rx) = std_mpsc::channel();
         let worker = tokio::spawn(partition_worker(
             shared,
-            rx,
+            feed,
             drain.clone(),
-            done.clone(),
+            next.clone(),
             Finished {
                 id: 7,
                 tx: finished_tx,
@@ -544,14 +607,15 @@ mod tests {
         for offset in 0..10 {
             let mut rec = record(Some(br#"{"channel":"c","title":"t"}"#));
             rec.offset = offset;
-            tx.send(Arc::new(rec)).await.expect("worker listens");
+            lock(&records).push_back(rec);
         }
+        wake.notify_one();
         // The first append failed: nothing may be acknowledged yet, even
         // though later events were appended.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(done.load(Ordering::Acquire), -1);
+        assert_eq!(next.load(Ordering::Acquire), 0, "nothing acknowledged yet");
         tokio::time::sleep(BACKOFF_MIN * 2).await;
-        assert_eq!(done.load(Ordering::Acquire), 10);
+        assert_eq!(next.load(Ordering::Acquire), 10);
         let keys = lock(&store.keys).clone();
         let mut positions: Vec<&str> = keys
             .iter()
