@@ -135,6 +135,14 @@ impl ConsumerCtx {
         let mut parts = lock(&self.partitions);
         for e in tpl.elements() {
             let (topic, partition) = (e.topic(), e.partition());
+            // One reader per partition queue, or order is lost.
+            if parts
+                .by_topic
+                .get(topic)
+                .is_some_and(|ws| ws.contains_key(&partition))
+            {
+                continue;
+            }
             if let Some(worker) = self.spawn_worker(run, &consumer, topic, partition) {
                 parts
                     .by_topic

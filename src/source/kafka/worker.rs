@@ -83,7 +83,7 @@ impl Record {
     }
 
     /// The event rules see, or why there is none.
-    fn decode(&self, max_bytes: usize) -> Result<Event, (Rejection, String)> {
+    fn decode(&self, max_bytes: usize, stamp: &mut Stamp) -> Result<Event, (Rejection, String)> {
         let Some(payload) = self.payload.as_deref() else {
             return Err((Rejection::InvalidJson, "message has no value".into()));
         };
@@ -124,8 +124,27 @@ impl Record {
         meta.timestamp = self
             .timestamp_ms
             .and_then(|ms| u64::try_from(ms).ok())
-            .map(crate::clock::rfc3339_ms);
+            .map(|ms| stamp.format(ms));
         Ok(Event { payload, meta })
+    }
+}
+
+/// The RFC 3339 text of the last message timestamp formatted: a backlog
+/// has many messages per millisecond, and formatting is a good part of
+/// building `meta`.
+#[derive(Debug, Default)]
+pub(super) struct Stamp {
+    ms: u64,
+    text: String,
+}
+
+impl Stamp {
+    fn format(&mut self, ms: u64) -> String {
+        if self.text.is_empty() || self.ms != ms {
+            self.ms = ms;
+            self.text = crate::clock::rfc3339_ms(ms);
+        }
+        self.text.clone()
     }
 }
 
@@ -149,9 +168,10 @@ impl Shared {
         self: &Arc<Self>,
         rec: Arc<Record>,
         drain: &CancellationToken,
+        stamp: &mut Stamp,
     ) -> BoxFuture<'static, Outcome> {
         let kind = SourceKind::Kafka.as_str();
-        match rec.decode(self.max_message_bytes) {
+        match rec.decode(self.max_message_bytes, stamp) {
             Err((rejection, detail)) => {
                 self.pipeline
                     .reject(kind, &rec.position(), rejection, &detail);
@@ -369,6 +389,7 @@ pub(super) async fn partition_worker(
 ) {
     let mut window: FuturesOrdered<BoxFuture<'static, Outcome>> = FuturesOrdered::new();
     let mut backoff = BACKOFF_MIN;
+    let mut stamp = Stamp::default();
     loop {
         // Take what is queued while the window has room. When it is full,
         // the records wait in librdkafka's queue, whose size limits hold
@@ -380,7 +401,26 @@ pub(super) async fn partition_worker(
             if next.load(Ordering::Relaxed) < 0 {
                 next.store(rec.offset, Ordering::Release);
             }
-            window.push_back(shared.start(Arc::new(rec), &drain));
+            let mut processing = shared.start(Arc::new(rec), &drain, &mut stamp);
+            // With nothing ahead of it, a record whose append is already
+            // done (the memory store) is acknowledged without queueing.
+            if window.is_empty() {
+                match (&mut processing).now_or_never() {
+                    Some((rec, Ok(()))) => {
+                        next.store(rec.offset + 1, Ordering::Release);
+                        tokio::task::coop::consume_budget().await;
+                        continue;
+                    }
+                    // Failures take the usual way, through the window.
+                    Some(failed) => processing = futures_util::future::ready(failed).boxed(),
+                    None => {}
+                }
+            }
+            window.push_back(processing);
+            // Neither librdkafka's queue nor a memory-store append ever
+            // makes this task wait: give the runtime back its thread now
+            // and then, or sessions and /metrics starve during a backlog.
+            tokio::task::coop::consume_budget().await;
         }
         tokio::select! {
             biased;
@@ -412,7 +452,7 @@ pub(super) async fn partition_worker(
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     for r in again {
-                        window.push_back(shared.start(r, &drain));
+                        window.push_back(shared.start(r, &drain, &mut stamp));
                     }
                 }
             },
@@ -468,7 +508,7 @@ mod tests {
     #[test]
     fn a_record_becomes_an_event_with_kafka_meta() {
         let event = record(Some(br#"{"type":"x"}"#))
-            .decode(100)
+            .decode(100, &mut Stamp::default())
             .expect("decodes");
         assert_eq!(event.meta.position, "kafka:orders:2:41");
         assert_eq!(event.meta.source, SourceKind::Kafka);
@@ -485,7 +525,13 @@ mod tests {
 
     #[test]
     fn poison_is_classified() {
-        let reason = |p: Option<&[u8]>| record(p).decode(100).map(|_| ()).err().map(|e| e.0);
+        let reason = |p: Option<&[u8]>| {
+            record(p)
+                .decode(100, &mut Stamp::default())
+                .map(|_| ())
+                .err()
+                .map(|e| e.0)
+        };
         assert_eq!(reason(Some(b"{nope")), Some(Rejection::InvalidJson));
         assert_eq!(reason(Some(b"[1,2]")), Some(Rejection::InvalidJson));
         assert_eq!(reason(None), Some(Rejection::InvalidJson));
