@@ -1,16 +1,17 @@
 //! A partition's worker: turns its records into events in offset order,
 //! keeps up to `max_in_flight` appends in flight, and reports the offset
-//! after the last finished record; plus dead letters.
+//! of the first record not finished yet; plus dead letters.
 //!
 //! Each worker runs in a `kafka_partition` span carrying the source,
 //! topic and partition, so its log lines name only the offset.
 //!
-//! Invariants: the worker submits records in the order it receives them,
-//! so the log keeps the partition's order; `done` only moves past a record
+//! Invariants: the worker submits records in the order it reads them, so
+//! the log keeps the partition's order; `next` only moves past a record
 //! once it and every earlier record finished (appended, or dead-lettered
-//! and acknowledged). Dropping the worker (drain, shutdown) drops only the
-//! wait for appends already started: their offsets are simply not
-//! reported, so they are consumed again later and deduplicated.
+//! and acknowledged). Cancel-safety: dropping the worker's window (drain,
+//! shutdown) drops only the wait for appends already started; their
+//! offsets are not reported, so they are consumed again later and
+//! deduplicated.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, mpsc as std_mpsc};
@@ -48,7 +49,7 @@ pub(super) struct Shared {
 pub(super) struct Record {
     topic: Arc<str>,
     partition: i32,
-    pub(super) offset: i64,
+    offset: i64,
     key: Option<Vec<u8>>,
     payload: Option<Vec<u8>>,
     /// In order, repeats and null values kept (for the dead letter).
