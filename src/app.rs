@@ -116,7 +116,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut sources = Vec::new();
     for (i, source_config) in config.sources.iter().enumerate() {
         let name = source_name(&config.sources, i);
-        sources.push((name, source_config.build()));
+        let source = source_config.build(&name)?;
+        sources.push((name, source));
     }
 
     let addr = config.server.listen;

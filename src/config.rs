@@ -540,6 +540,42 @@ mod tests {
     }
 
     #[test]
+    fn kafka_sources_load_and_misspelt_keys_are_named() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "herald.toml",
+                "[[sources]]\nkind = \"kafka\"\nbrokers = \"k:9092\"\ntopics = [\"orders\"]\n\
+                 group_id = \"herald\"\ndead_letter_topic = \"dead\"\n\
+                 [sources.properties]\n\"auto.offset.reset\" = \"earliest\"\n",
+            )?;
+            let config = Config::load(Some(Path::new("herald.toml"))).expect("loads");
+            let SourceConfig::Kafka(kafka) = &config.sources[0] else {
+                panic!("a kafka source");
+            };
+            assert_eq!(kafka.topics, ["orders"]);
+            assert_eq!(kafka.max_message_bytes, 1024 * 1024);
+            assert_eq!(kafka.properties["auto.offset.reset"], "earliest");
+
+            jail.create_file(
+                "typo.toml",
+                "[[sources]]\nkind = \"kafka\"\nbrokers = \"k:9092\"\ntopics = [\"o\"]\n\
+                 group_id = \"g\"\ndeadletter_topic = \"d\"\n",
+            )?;
+            let err = load_err(Some("typo.toml"));
+            assert!(err.contains("deadletter_topic"), "{err}");
+
+            jail.create_file(
+                "loop.toml",
+                "[[sources]]\nkind = \"kafka\"\nbrokers = \"k:9092\"\ntopics = [\"o\"]\n\
+                 group_id = \"g\"\ndead_letter_topic = \"o\"\n",
+            )?;
+            let err = load_err(Some("loop.toml"));
+            assert!(err.contains("sources[0].dead_letter_topic"), "{err}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn missing_file_is_an_error() {
         Jail::expect_with(|_| {
             let err = load_err(Some("nope.toml"));

@@ -43,6 +43,14 @@ pub struct Metrics {
     pub client_errors: Family<Labels, Counter>,
     /// Rules versions loaded, by result (`ok`, `rejected`).
     pub rules_reloads: Family<Labels, Counter>,
+    /// Poison events written to a dead-letter destination, by source and
+    /// reason.
+    pub dead_lettered: Family<Labels, Counter>,
+    /// Failures inside a source (consume, commit, dead letter, store), by
+    /// source and error.
+    pub source_errors: Family<Labels, Counter>,
+    /// Messages behind the partition's end, by group, topic and partition.
+    pub kafka_consumer_lag: Family<Labels, Gauge>,
     /// Durable commits of the disk and Redis stores (one fsync or one Redis
     /// round trip each).
     pub store_commits: Counter,
@@ -135,6 +143,9 @@ impl Metrics {
         let store_commit_size = Histogram::new(exponential_buckets(1.0, 4.0, 8));
         let store_errors = Family::<Labels, Counter>::default();
         let store_trimmed = Counter::default();
+        let dead_lettered = Family::<Labels, Counter>::default();
+        let source_errors = Family::<Labels, Counter>::default();
+        let kafka_consumer_lag = Family::<Labels, Gauge>::default();
         registry.register("events", "Events received, by source", events.clone());
         registry.register(
             "events_rejected",
@@ -198,6 +209,21 @@ impl Metrics {
             rules_reloads.clone(),
         );
         registry.register(
+            "dead_lettered",
+            "Poison events written to a dead-letter destination, by source and reason",
+            dead_lettered.clone(),
+        );
+        registry.register(
+            "source_errors",
+            "Failures inside a source (consume, commit, dead_letter, store, client), by source and error",
+            source_errors.clone(),
+        );
+        registry.register(
+            "kafka_consumer_lag",
+            "Messages between the consumer's position and the partition's end, by group, topic and partition",
+            kafka_consumer_lag.clone(),
+        );
+        registry.register(
             "store_commits",
             "Durable commits of the disk or Redis store",
             store_commits.clone(),
@@ -239,6 +265,9 @@ impl Metrics {
             store_errors,
             store_trimmed,
             amqp,
+            dead_lettered,
+            source_errors,
+            kafka_consumer_lag,
         }
     }
 
@@ -306,5 +335,43 @@ impl Metrics {
         self.rules_reloads
             .get_or_create(&vec![("result", result.to_string())])
             .inc();
+    }
+
+    pub fn dead_lettered(&self, source: &str, reason: &'static str) {
+        self.dead_lettered
+            .get_or_create(&vec![
+                ("source", source.to_string()),
+                ("reason", reason.to_string()),
+            ])
+            .inc();
+    }
+
+    pub fn source_error(&self, source: &str, error: &'static str) {
+        self.source_errors
+            .get_or_create(&vec![
+                ("source", source.to_string()),
+                ("error", error.to_string()),
+            ])
+            .inc();
+    }
+
+    fn lag_labels(group: &str, topic: &str, partition: i32) -> Labels {
+        vec![
+            ("group", group.to_string()),
+            ("topic", topic.to_string()),
+            ("partition", partition.to_string()),
+        ]
+    }
+
+    pub fn kafka_lag(&self, group: &str, topic: &str, partition: i32, lag: i64) {
+        self.kafka_consumer_lag
+            .get_or_create(&Self::lag_labels(group, topic, partition))
+            .set(lag);
+    }
+
+    /// Forget the lag of a partition no longer assigned.
+    pub fn kafka_lag_remove(&self, group: &str, topic: &str, partition: i32) {
+        self.kafka_consumer_lag
+            .remove(&Self::lag_labels(group, topic, partition));
     }
 }

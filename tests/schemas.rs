@@ -109,6 +109,36 @@ fn amqp_source_configs_match_the_config_schema() {
 }
 
 #[test]
+fn a_kafka_source_matches_the_config_schema_and_loads() {
+    let v = validator("schemas/config.schema.json");
+    let text = r#"
+[[sources]]
+kind = "kafka"
+brokers = "kafka-1:9092,kafka-2:9092"
+topics = ["orders", "billing"]
+group_id = "herald"
+dead_letter_topic = "herald.dead-letter"
+max_message_bytes = 65536
+max_in_flight = 64
+[sources.properties]
+"auto.offset.reset" = "earliest"
+"#;
+    let doc: Value = toml::from_str(text).unwrap();
+    assert_valid(&v, &doc, "a kafka source");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(Some(&path));
+    assert!(config.is_ok(), "{:?}", config.err());
+    let reserved: Value = toml::from_str(
+        "[[sources]]\nkind = \"kafka\"\nbrokers = \"k:1\"\ntopics = [\"t\"]\ngroup_id = \"g\"\n\
+         [sources.properties]\n\"group.id\" = \"x\"\n",
+    )
+    .unwrap();
+    assert!(!v.is_valid(&reserved), "herald owns group.id");
+}
+
+#[test]
 fn example_rules_match_the_rules_schema() {
     let v = validator("schemas/rules.schema.json");
     let doc: Value = serde_yaml_ng::from_str(

@@ -9,6 +9,7 @@
 
 pub mod amqp;
 pub mod http;
+pub mod kafka;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +28,8 @@ pub enum SourceConfig {
     Http(http::HttpSourceConfig),
     /// A RabbitMQ queue (AMQP 0-9-1).
     Amqp(amqp::AmqpSourceConfig),
+    /// A Kafka consumer-group member.
+    Kafka(kafka::KafkaSourceConfig),
 }
 
 impl SourceConfig {
@@ -51,6 +54,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Http(_) => "http",
             SourceConfig::Amqp(_) => "amqp",
+            SourceConfig::Kafka(_) => "kafka",
         }
     }
 
@@ -59,15 +63,18 @@ impl SourceConfig {
         match self {
             SourceConfig::Http(c) => c.validate(),
             SourceConfig::Amqp(c) => c.validate(),
+            SourceConfig::Kafka(c) => c.validate(),
         }
     }
 
-    /// Build the runnable source.
-    pub fn build(&self) -> Box<dyn Source> {
-        match self {
+    /// Build the runnable source named `name`. Fails with
+    /// [`SourceError::Config`] when its client rejects the settings.
+    pub fn build(&self, name: &str) -> Result<Box<dyn Source>, SourceError> {
+        Ok(match self {
             SourceConfig::Http(_) => Box::new(http::HttpSource),
             SourceConfig::Amqp(c) => Box::new(amqp::AmqpSource::new(c.clone())),
-        }
+            SourceConfig::Kafka(c) => Box::new(c.build(name)?),
+        })
     }
 }
 

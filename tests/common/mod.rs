@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod crash;
+pub mod kafka;
 pub mod process;
 pub mod redis_server;
 
@@ -114,6 +115,30 @@ impl Herald {
         (client, subscribed)
     }
 
+    /// Poll `/readyz` until it answers `want` (200 or 503) or `within`
+    /// passes; the last body.
+    pub async fn wait_ready(&self, want: u16, within: Duration) -> Result<String, String> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (status, body) = self.get("/readyz").await;
+            if status == want {
+                return Ok(body);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!("/readyz stayed {status}: {body}"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The value of one metric line (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub async fn stop(self) {
         self.running.shutdown().await;
     }
@@ -161,6 +186,32 @@ impl Client {
                 Some(Ok(_)) => {}
                 Some(Err(e)) => return Next::Closed(None, e.to_string()),
                 None => return Next::Closed(None, "stream ended".into()),
+            }
+        }
+    }
+
+    /// Like `next`, waiting at most `wait`; `None` when nothing came.
+    pub async fn next_within(&mut self, wait: Duration) -> Option<Next> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    return Some(Next::Frame(
+                        serde_json::from_str(&t).expect("every text frame is JSON"),
+                    ));
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    return Some(match frame {
+                        Some(f) => Next::Closed(Some(f.code.into()), f.reason.to_string()),
+                        None => Next::Closed(None, String::new()),
+                    });
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Some(Next::Closed(None, e.to_string())),
+                None => return Some(Next::Closed(None, "stream ended".into())),
             }
         }
     }

@@ -1,0 +1,218 @@
+//! Consumer-only ingest throughput: Kafka → rules → memory store, no
+//! clients (BENCHMARKS.md scenario "ingest", Kafka leg).
+//!
+//!   source scripts/kafka.sh          # a broker at KAFKA_BOOTSTRAP
+//!   cargo bench --bench kafka-ingest -- [EVENTS] [RUNS] [PARTITIONS]
+//!
+//! Pre-produces EVENTS (default 200000) small JSON events to a fresh topic
+//! with PARTITIONS (default 3) partitions, then RUNS (default 3) times starts
+//! the release `herald` binary with one Kafka source (a new consumer group,
+//! reading from the beginning, built-in rule, memory store), and polls
+//! `herald_events_total{source="kafka"}` at /metrics every 50 ms: the rate
+//! is the events counted between the first non-zero answer and the answer
+//! reaching EVENTS, over that time, so the group join is not counted.
+//! Prints events/s per run, the median and the spread, and herald's CPU
+//! time (all its threads, librdkafka's included) per event. Not part of the
+//! test suite.
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+type Error = Box<dyn std::error::Error>;
+
+fn main() -> Result<(), Error> {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let events: u64 = args.first().map_or(Ok(200_000), |a| a.parse())?;
+    let runs: usize = args.get(1).map_or(Ok(3), |a| a.parse())?;
+    let partitions: i32 = args.get(2).map_or(Ok(3), |a| a.parse())?;
+    let brokers = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
+    let topic = format!("ingest-bench-{:08x}", fastrand::u32(..));
+    let runtime = tokio::runtime::Runtime::new()?;
+
+    runtime.block_on(create_topic(&brokers, &topic, partitions))?;
+    let started = Instant::now();
+    produce(&brokers, &topic, partitions, events)?;
+    println!(
+        "produced {events} events to {topic} ({partitions} partitions) in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut rates = Vec::new();
+    for run in 1..=runs {
+        let (rate, cpu_us) = runtime.block_on(consume_once(&brokers, &topic, events, run))?;
+        println!("run {run}: {rate:.0} events/s, herald CPU {cpu_us:.2} µs/event");
+        rates.push(rate);
+    }
+    rates.sort_by(f64::total_cmp);
+    let median = rates[rates.len() / 2];
+    println!(
+        "median {median:.0} events/s (min {:.0}, max {:.0}) over {runs} runs, {events} events, {partitions} partitions",
+        rates[0],
+        rates[rates.len() - 1]
+    );
+    runtime.block_on(async {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .create()?;
+        admin.delete_topics(&[&topic], &AdminOptions::new()).await?;
+        Ok::<_, Error>(())
+    })?;
+    Ok(())
+}
+
+async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), Error> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for r in admin.create_topics(&[new], &AdminOptions::new()).await? {
+        r.map_err(|(t, e)| format!("create {t}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn produce(brokers: &str, topic: &str, partitions: i32, events: u64) -> Result<(), Error> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    for i in 0..events {
+        let payload = format!(
+            r#"{{"type":"order.shipped","user_id":{},"title":"Order {i} shipped","body":"Arriving Friday"}}"#,
+            i % 1000
+        );
+        let mut record = BaseRecord::<(), String>::to(topic)
+            .payload(&payload)
+            .partition((i % partitions as u64) as i32);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((e, r)) => {
+                    if e.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::QueueFull) {
+                        return Err(e.into());
+                    }
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(())
+}
+
+/// One herald run; events/s from the first consumed event to the last, and
+/// herald's CPU time per event.
+async fn consume_once(
+    brokers: &str,
+    topic: &str,
+    events: u64,
+    run: usize,
+) -> Result<(f64, f64), Error> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("herald.toml");
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let mut f = std::fs::File::create(&config)?;
+    write!(
+        f,
+        r#"[server]
+listen = "127.0.0.1:{port}"
+[log]
+level = "warn"
+[[sources]]
+kind = "kafka"
+brokers = "{brokers}"
+topics = ["{topic}"]
+group_id = "{topic}-run{run}"
+[sources.properties]
+"auto.offset.reset" = "earliest"
+"session.timeout.ms" = "6000"
+"max.poll.interval.ms" = "10000"
+"#
+    )?;
+    let mut herald = Guard(
+        Command::new(env!("CARGO_BIN_EXE_herald"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let pid = herald.0.id();
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut first: Option<(Instant, f64, u64)> = None;
+    loop {
+        if Instant::now() > deadline {
+            return Err("herald did not consume every event within 10 minutes".into());
+        }
+        if let Some(status) = herald.0.try_wait()? {
+            return Err(format!("herald exited: {status}").into());
+        }
+        let count = match http.get(&url).send().await {
+            Ok(res) => events_total(&res.text().await?),
+            Err(_) => 0,
+        };
+        if count > 0 && first.is_none() {
+            first = Some((Instant::now(), cpu_seconds(pid)?, count));
+        }
+        if count >= events {
+            let (t0, cpu0, count0) = first.ok_or("no start")?;
+            // Counted from the first observation, so a late first answer
+            // from /metrics does not inflate the rate.
+            let counted = (count - count0) as f64;
+            if counted < events as f64 / 2.0 {
+                return Err(format!(
+                    "/metrics answered too late to time the run ({count0} of {events} events were already consumed)"
+                )
+                .into());
+            }
+            let elapsed = t0.elapsed().as_secs_f64();
+            let cpu = cpu_seconds(pid)? - cpu0;
+            return Ok((counted / elapsed, cpu * 1e6 / counted));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn events_total(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"herald_events_total{source="kafka"} "#))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// utime + stime of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64, Error> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after = stat.rsplit_once(')').ok_or("bad /proc stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    Ok(ticks / 100.0)
+}
+
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
