@@ -61,10 +61,18 @@ impl Process {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("herald exited with {status} at start:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "herald did not listen:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "herald did not listen:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -84,7 +92,9 @@ impl Process {
 
     fn signal(&self, sig: &str) {
         if let Some(child) = &self.child {
-            let _ = Command::new("kill").args([sig, &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args([sig, &child.id().to_string()])
+                .status();
         }
     }
 
@@ -93,7 +103,11 @@ impl Process {
         self.signal("-TERM");
         if let Some(mut child) = self.child.take() {
             let status = child.wait().unwrap();
-            assert!(status.success(), "herald exited with {status}:\n{}", self.log());
+            assert!(
+                status.success(),
+                "herald exited with {status}:\n{}",
+                self.log()
+            );
         }
     }
 
