@@ -351,7 +351,7 @@ impl Client {
                     self.index,
                     frame.code.as_deref().unwrap_or("?")
                 ),
-                _ => continue,
+                _ => {} // pong and frames of later protocol versions
             }
         }
     }

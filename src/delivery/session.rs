@@ -18,6 +18,8 @@
 //! the session with 4008 so a stuck client costs at most one queue.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -147,19 +149,29 @@ where
         let config = &self.shared.config;
         let ping_every = Duration::from_millis(config.ping_interval_ms);
         let pong_timeout = Duration::from_millis(config.pong_timeout_ms);
-        if let Err(end) = self.guarded(Work::Subscribe(requests)).await {
+        // The two reasons to stop, created once and polled by every select
+        // below: re-creating them per wake-up (registering and dropping a
+        // waiter each time) was a visible share of the CPU per delivery.
+        let shutdown = self.shared.shutdown.clone();
+        let sub = self.sub.clone();
+        let cancelled = shutdown.cancelled();
+        let overflowed = sub.overflowed();
+        tokio::pin!(cancelled, overflowed);
+        let mut stop = Stop {
+            cancelled: cancelled.as_mut(),
+            overflowed: overflowed.as_mut(),
+        };
+        if let Err(end) = self.guarded(Work::Subscribe(requests), &mut stop).await {
             return end;
         }
         let mut pings = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let shutdown = self.shared.shutdown.clone();
-        let sub = self.sub.clone();
         loop {
             let pong_deadline = self.ping_sent.map(|t| t + pong_timeout);
             let work = tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return End::Close(CloseCode::GoingAway, "server shutting down"),
-                () = sub.overflowed() => return End::Close(CloseCode::TooSlow, TOO_SLOW),
+                () = stop.cancelled.as_mut() => return End::Close(CloseCode::GoingAway, "server shutting down"),
+                () = stop.overflowed.as_mut() => return End::Close(CloseCode::TooSlow, TOO_SLOW),
                 () = sleep_until(pong_deadline) => return End::Close(CloseCode::HeartbeatMissed, "no pong to ping"),
                 item = self.rx.recv() => match item {
                     Some(first) => Work::Deliver(first),
@@ -172,7 +184,7 @@ where
                 },
                 _ = pings.tick() => Work::Ping,
             };
-            if let Err(end) = self.guarded(work).await {
+            if let Err(end) = self.guarded(work, &mut stop).await {
                 return end;
             }
         }
@@ -181,13 +193,15 @@ where
     /// Do `work`, which writes to the socket, but give up when the session
     /// overflows or the server shuts down meanwhile: a client that stopped
     /// reading blocks the write, and must not block its own eviction.
-    async fn guarded(&mut self, work: Work) -> SendResult {
-        let shutdown = self.shared.shutdown.clone();
-        let sub = self.sub.clone();
+    async fn guarded<C, O>(&mut self, work: Work, stop: &mut Stop<'_, C, O>) -> SendResult
+    where
+        C: Future<Output = ()>,
+        O: Future<Output = ()>,
+    {
         tokio::select! {
             biased;
-            () = shutdown.cancelled() => Err(End::Close(CloseCode::GoingAway, "server shutting down")),
-            () = sub.overflowed() => Err(End::Close(CloseCode::TooSlow, TOO_SLOW)),
+            () = stop.cancelled.as_mut() => Err(End::Close(CloseCode::GoingAway, "server shutting down")),
+            () = stop.overflowed.as_mut() => Err(End::Close(CloseCode::TooSlow, TOO_SLOW)),
             done = self.perform(work) => done,
         }
     }
@@ -400,9 +414,16 @@ where
     }
 
     async fn deliver(&mut self, d: &Arc<Delivery>) -> Result<(), Failure> {
-        let Some(pos) = self.channels.get(&d.channel) else {
+        let Some(pos) = self.channels.get_mut(&d.channel) else {
             return Ok(()); // unsubscribed since it was queued
         };
+        // The common case, with one map lookup: the next offset of a live
+        // channel in its epoch. (If the write fails the session ends, so
+        // advancing the position first changes nothing.)
+        if d.offset == pos.offset + 1 && pos.epoch == d.epoch {
+            pos.offset = d.offset;
+            return Ok(self.feed(d.frame.clone()).await?);
+        }
         if pos.epoch != d.epoch {
             // The channel's history started afresh under us (a shared store
             // lost it): say so before the first notification of the new epoch.
@@ -508,6 +529,14 @@ where
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.send(Message::Close(Some(frame))))
             .await;
     }
+}
+
+/// The futures that end a session: shutdown and queue overflow. Each
+/// resolves once and the session returns when it does, so they are never
+/// polled after completion.
+struct Stop<'a, C, O> {
+    cancelled: Pin<&'a mut C>,
+    overflowed: Pin<&'a mut O>,
 }
 
 /// A step that failed either at the socket or at the store.

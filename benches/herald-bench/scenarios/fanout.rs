@@ -76,11 +76,14 @@ async fn measure(
         Route::Channel(channel),
         payload,
     )?;
-    // Herald's session queue holds 1024 frames; stay well inside it.
+    // Enough events in flight that the server never waits for the
+    // producer (a request's round trip grows with the fan-out it triggers),
+    // while the window keeps every session's queue (1024 frames) from
+    // overflowing.
     let (batch, inflight, window) = match c {
         1..=9 => (100, 4, 700),
-        10..=999 => (10, 4, 600),
-        _ => (1, 2, 400),
+        10..=999 => (10, 8, 600),
+        _ => (5, 8, 400),
     };
     let to = base + events;
     let end = deadline(opts);

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Result, bail};
 use tokio::time::Instant;
 
-use super::{clients, deadline, join_all, settle, spawn_all, unique, verify_all};
+use super::{Meter, clients, deadline, join_all, settle, spawn_all, unique, verify_all};
 use crate::Opts;
 use crate::client::connect_all;
 use crate::produce::{Producer, Route};
@@ -90,6 +90,7 @@ async fn measure(opts: &Opts, k: usize, missed: u64, rate: u64) -> Result<Figure
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let to = head + live;
     let from = head - missed;
+    let meter = Meter::start(&server);
     let started = Instant::now();
     let last_subscribed = Arc::new(AtomicU64::new(0));
     let list = clients(k, server.addr, opts, 64 * 1024, |_| channel.clone());
@@ -116,6 +117,7 @@ async fn measure(opts: &Opts, k: usize, missed: u64, rate: u64) -> Result<Figure
         }
     });
     let list = join_all(handles, end).await?;
+    let m = meter.stop(&server);
     live_task.await??;
     verify_all(&list, Kind::Herald, to)?;
     let replayed: u64 = list.iter().map(|c| c.track.replayed).sum();
@@ -134,7 +136,7 @@ async fn measure(opts: &Opts, k: usize, missed: u64, rate: u64) -> Result<Figure
     f.insert("replayed_per_s_total", replayed as f64 / all_secs);
     f.insert("all_subscribed_ms", all_secs * 1000.0);
     f.insert("too_slow_reconnects", reconnects as f64);
-    f.insert("seam_errors", 0.0);
+    m.cpu_figures(&mut f, "cpu_us_per_replayed", replayed as f64);
     drop(list);
     server.stop();
     Ok(f)

@@ -11,7 +11,9 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use tokio::time::Instant;
 
-use super::{clients, deadline, join_all, latency_figures, settle, spawn_all, unique, verify_all};
+use super::{
+    Meter, clients, deadline, join_all, latency_figures, settle, spawn_all, unique, verify_all,
+};
 use crate::Opts;
 use crate::client::{connect_all, merged};
 use crate::produce::{Producer, Route};
@@ -88,6 +90,7 @@ async fn measure(opts: &Opts, c: usize, missed: u64, rate: u64) -> Result<Figure
             .paced(live_from..live_from + live, rate, end)
             .await
     });
+    let meter = Meter::start(&server);
     let started = Instant::now();
     let handles = spawn_all(list, |mut cl| async move {
         tokio::time::timeout_at(end, async {
@@ -107,6 +110,7 @@ async fn measure(opts: &Opts, c: usize, missed: u64, rate: u64) -> Result<Figure
         Ok(cl)
     });
     let list = join_all(handles, end).await?;
+    let m = meter.stop(&server);
     live_task.await??;
     verify_all(&list, Kind::Herald, to)?;
     let mut caught: Vec<f64> = list.iter().map(|c| c.mark_us as f64 / 1e6).collect();
@@ -123,6 +127,11 @@ async fn measure(opts: &Opts, c: usize, missed: u64, rate: u64) -> Result<Figure
         "caught_up_p99_s",
         caught[(caught.len() * 99 / 100).min(caught.len() - 1)],
     );
+    // CPU the server spent on the storm (handshakes, replays, live traffic):
+    // on a contended machine the wall time above is mostly waiting for it.
+    if let Some(cpu) = m.server_cpu_us {
+        f.insert("server_cpu_s", cpu / 1e6);
+    }
     f.insert("lost", lost as f64);
     f.insert("duplicates", dups as f64);
     f.insert(
