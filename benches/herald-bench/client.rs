@@ -265,11 +265,11 @@ impl Client {
         Ok(())
     }
 
-    /// Connect with an explicit last id.
-    pub(crate) async fn resume_from(&mut self, epoch: &str, offset: u64) -> Result<()> {
+    /// Take `<epoch>-<offset>` as the last id (for a client that has not
+    /// connected yet).
+    pub(crate) fn set_last_id(&mut self, epoch: &str, offset: u64) {
         self.track.epoch = epoch.to_string();
         self.track.last = offset;
-        self.resume().await
     }
 
     /// Drop the connection without a close frame (a network failure).
@@ -370,6 +370,20 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Connect with the last id and read the replay up to `subscribed`,
+    /// which must say `recovered` after at least `missed` notifications.
+    pub(crate) async fn resume_replayed(&mut self, missed: u64) -> Result<u64> {
+        self.resume().await?;
+        let (replayed, recovered) = self.until_subscribed().await?;
+        if !recovered || replayed < missed {
+            bail!(
+                "client {}: replayed {replayed} of {missed} missed, recovered {recovered}",
+                self.index
+            );
+        }
+        Ok(replayed)
     }
 
     /// Read until the client has offset `to`. A 4008 (too slow) close is

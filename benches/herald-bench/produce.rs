@@ -109,6 +109,10 @@ impl Producer {
     pub(crate) fn new(base: &str, topic: &str, route: Route, payload: usize) -> Result<Self> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
+            // Drop idle connections before a server does (Node closes them
+            // after 5 s, herald after its handshake timeout): reusing one the
+            // server is closing fails the request with a reset.
+            .pool_idle_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .build()
             .context("HTTP client")?;

@@ -147,6 +147,10 @@ server.on('upgrade', (req, socket, head) => {
   });
 });
 
+// Keep producer connections open while a throughput run waits for its
+// clients (Node's default closes idle ones after 5 s).
+server.keepAliveTimeout = 60_000;
+
 server.listen(port, host, () => {
   process.stdout.write(`listening ${server.address().port}\n`);
 });

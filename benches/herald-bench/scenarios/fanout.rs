@@ -5,7 +5,7 @@
 use anyhow::Result;
 
 use super::{
-    Meter, clients, deadline, join_all, latency_figures, mean_frame_bytes, servers, settle,
+    Meter, clients, deadline, join_all, latency_figures, mean_frame_bytes, runs, servers,
     spawn_all, unique, verify_all,
 };
 use crate::Opts;
@@ -33,13 +33,10 @@ pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
     for &c in &counts {
         for &payload in &payloads {
             let case = format!("clients={c} payload={payload}B");
-            for _ in 0..opts.runs() {
-                for kind in servers(opts) {
-                    let f = measure(opts, kind, c, payload, deliveries).await?;
-                    report.add(NAME, &case, kind.name(), f);
-                    settle().await;
-                }
-            }
+            runs(opts, report, NAME, &case, &servers(opts), |kind| {
+                measure(opts, kind, c, payload, deliveries)
+            })
+            .await?;
         }
     }
     let case = "clients=1000 payload=100B";

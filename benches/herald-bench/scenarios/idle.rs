@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 
-use super::{clients, servers, settle, unique};
+use super::{clients, runs, servers, unique};
 use crate::Opts;
 use crate::client::connect_all;
 use crate::produce::{Producer, Route};
@@ -25,13 +25,10 @@ pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
     });
     for &c in &counts {
         let case = format!("connections={c}");
-        for _ in 0..opts.runs() {
-            for kind in servers(opts) {
-                let f = measure(opts, kind, c).await?;
-                report.add(NAME, &case, kind.name(), f);
-                settle().await;
-            }
-        }
+        runs(opts, report, NAME, &case, &servers(opts), |kind| {
+            measure(opts, kind, c)
+        })
+        .await?;
     }
     report.target(
         "idle-memory: KiB RSS per idle subscribed connection at 10k",

@@ -5,7 +5,7 @@
 
 use anyhow::Result;
 
-use super::{Meter, deadline, latency_figures, servers, settle};
+use super::{Meter, deadline, latency_figures, runs, servers};
 use crate::Opts;
 use crate::produce::{Producer, Route};
 use crate::report::{Figures, Report};
@@ -27,13 +27,10 @@ pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
             (false, _) => 200_000,
         });
         let case = format!("source={} store=memory batch={batch}", opts.source.name());
-        for _ in 0..opts.runs() {
-            for kind in servers(opts) {
-                let f = measure(opts, kind, batch as u64, events).await?;
-                report.add(NAME, &case, kind.name(), f);
-                settle().await;
-            }
-        }
+        runs(opts, report, NAME, &case, &servers(opts), |kind| {
+            measure(opts, kind, batch as u64, events)
+        })
+        .await?;
     }
     Ok(())
 }

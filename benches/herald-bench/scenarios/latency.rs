@@ -6,7 +6,7 @@
 use anyhow::Result;
 
 use super::{
-    Meter, clients, deadline, join_all, latency_figures, servers, settle, spawn_all, unique,
+    Meter, clients, deadline, join_all, latency_figures, runs, servers, spawn_all, unique,
     verify_all,
 };
 use crate::Opts;
@@ -26,13 +26,10 @@ pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
     let secs = opts.seconds.unwrap_or(if opts.quick { 2 } else { 10 });
     for &c in &counts {
         let case = format!("clients={c} rate={rate}/s payload=100B");
-        for _ in 0..opts.runs() {
-            for kind in servers(opts) {
-                let f = measure(opts, kind, c, rate, secs).await?;
-                report.add(NAME, &case, kind.name(), f);
-                settle().await;
-            }
-        }
+        runs(opts, report, NAME, &case, &servers(opts), |kind| {
+            measure(opts, kind, c, rate, secs)
+        })
+        .await?;
     }
     let case = format!("clients=1000 rate={rate}/s payload=100B");
     report.target(

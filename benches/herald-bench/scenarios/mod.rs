@@ -46,6 +46,31 @@ fn servers(opts: &Opts) -> Vec<Kind> {
     }
 }
 
+/// Measure `case` `--runs` times, on each server in `kinds` in turn (a
+/// fresh server per measurement, herald and the peer interleaved so both
+/// see the same machine), and record the figures.
+async fn runs<F, Fut>(
+    opts: &Opts,
+    report: &mut Report,
+    scenario: &str,
+    case: &str,
+    kinds: &[Kind],
+    mut measure: F,
+) -> Result<()>
+where
+    F: FnMut(Kind) -> Fut,
+    Fut: std::future::Future<Output = Result<Figures>>,
+{
+    for _ in 0..opts.runs() {
+        for &kind in kinds {
+            let f = measure(kind).await?;
+            report.add(scenario, case, kind.name(), f);
+            settle().await;
+        }
+    }
+    Ok(())
+}
+
 /// A name no earlier run used.
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{:08x}", fastrand::u32(..))

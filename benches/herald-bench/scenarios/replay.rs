@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Result, bail};
 use tokio::time::Instant;
 
-use super::{Meter, clients, deadline, join_all, settle, spawn_all, unique, verify_all};
+use super::{Meter, clients, deadline, join_all, runs, spawn_all, unique, verify_all};
 use crate::Opts;
 use crate::client::connect_all;
 use crate::produce::{Producer, Route};
@@ -33,11 +33,10 @@ pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
     let rate = opts.rate.unwrap_or(if opts.quick { 50 } else { 100 });
     for &k in &counts {
         let case = format!("clients={k} missed={missed} live={rate}/s");
-        for _ in 0..opts.runs() {
-            let f = measure(opts, k, missed, rate).await?;
-            report.add(NAME, &case, Kind::Herald.name(), f);
-            settle().await;
-        }
+        runs(opts, report, NAME, &case, &[Kind::Herald], |_| {
+            measure(opts, k, missed, rate)
+        })
+        .await?;
     }
     report.target(
         "replay: notifications/s to one reconnecting client",
@@ -99,16 +98,10 @@ async fn measure(opts: &Opts, k: usize, missed: u64, rate: u64) -> Result<Figure
         let last_subscribed = last_subscribed.clone();
         async move {
             tokio::time::timeout_at(end, async {
-                c.resume_from(&epoch, from).await?;
-                let (replayed, recovered) = c.until_subscribed().await?;
+                c.set_last_id(&epoch, from);
+                c.resume_replayed(missed).await?;
                 let us = started.elapsed().as_micros() as u64;
                 last_subscribed.fetch_max(us, Ordering::Relaxed);
-                if !recovered || replayed < missed {
-                    bail!(
-                        "client {}: replayed {replayed}, recovered {recovered}",
-                        c.index
-                    );
-                }
                 c.mark_us = us.max(1);
                 c.until_offset(to).await
             })

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use tokio::time::Instant;
 
-use super::{clients, deadline, join_all, latency_figures, settle, spawn_all, unique, verify_all};
+use super::{clients, deadline, join_all, latency_figures, runs, spawn_all, unique, verify_all};
 use crate::Opts;
 use crate::client::{Got, connect_all, merged};
 use crate::produce::{Producer, Route};
@@ -44,11 +44,10 @@ pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
     for &c in &counts {
         for &payload in &payloads {
             let case = format!("clients={c} rate={rate}/s payload={payload}B");
-            for _ in 0..opts.runs() {
-                let f = measure(opts, c, rate, secs_a, secs_b, payload).await?;
-                report.add(NAME, &case, Kind::Herald.name(), f);
-                settle().await;
-            }
+            runs(opts, report, NAME, &case, &[Kind::Herald], |_| {
+                measure(opts, c, rate, secs_a, secs_b, payload)
+            })
+            .await?;
         }
     }
     report.target(

@@ -8,11 +8,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use tokio::time::Instant;
 
 use super::{
-    Meter, clients, deadline, join_all, latency_figures, settle, spawn_all, unique, verify_all,
+    Meter, clients, deadline, join_all, latency_figures, runs, spawn_all, unique, verify_all,
 };
 use crate::Opts;
 use crate::client::{connect_all, merged};
@@ -34,11 +34,10 @@ pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
     let rate = opts.rate.unwrap_or(10);
     for &c in &counts {
         let case = format!("clients={c} missed={missed} live={rate}/s");
-        for _ in 0..opts.runs() {
-            let f = measure(opts, c, missed, rate).await?;
-            report.add(NAME, &case, Kind::Herald.name(), f);
-            settle().await;
-        }
+        runs(opts, report, NAME, &case, &[Kind::Herald], |_| {
+            measure(opts, c, missed, rate)
+        })
+        .await?;
     }
     let case = format!("clients=10000 missed=100 live={rate}/s");
     report.target(
@@ -94,14 +93,7 @@ async fn measure(opts: &Opts, c: usize, missed: u64, rate: u64) -> Result<Figure
     let started = Instant::now();
     let handles = spawn_all(list, |mut cl| async move {
         tokio::time::timeout_at(end, async {
-            cl.resume().await?;
-            let (replayed, recovered) = cl.until_subscribed().await?;
-            if !recovered || replayed < missed {
-                bail!(
-                    "client {}: replayed {replayed}, recovered {recovered}",
-                    cl.index
-                );
-            }
+            cl.resume_replayed(missed).await?;
             cl.until_offset(caught_up_at).await?;
             cl.mark_us = started.elapsed().as_micros() as u64;
             cl.until_offset(to).await
