@@ -18,8 +18,6 @@
 //! the session with 4008 so a stuck client costs at most one queue.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +94,8 @@ struct Session<S> {
     written: u64,
     /// When the oldest unanswered ping was sent.
     ping_sent: Option<Instant>,
+    /// Longest a single socket write may wait.
+    write_timeout: Duration,
 }
 
 /// Run a session until it ends; returns the close reason label.
@@ -115,6 +115,9 @@ where
         channels: HashMap::new(),
         written: 0,
         ping_sent: None,
+        write_timeout: Duration::from_millis(
+            shared.config.ping_interval_ms + shared.config.pong_timeout_ms,
+        ),
     };
     let end = session.serve(requests).await;
     let reason = match end {
@@ -149,42 +152,36 @@ where
         let config = &self.shared.config;
         let ping_every = Duration::from_millis(config.ping_interval_ms);
         let pong_timeout = Duration::from_millis(config.pong_timeout_ms);
-        // The two reasons to stop, created once and polled by every select
-        // below: re-creating them per wake-up (registering and dropping a
-        // waiter each time) was a visible share of the CPU per delivery.
-        let shutdown = self.shared.shutdown.clone();
-        let sub = self.sub.clone();
-        let cancelled = shutdown.cancelled();
-        let overflowed = sub.overflowed();
-        tokio::pin!(cancelled, overflowed);
-        let mut stop = Stop {
-            cancelled: cancelled.as_mut(),
-            overflowed: overflowed.as_mut(),
-        };
-        if let Err(end) = self.guarded(Work::Subscribe(requests), &mut stop).await {
+        if let Err(end) = self.guarded(Work::Subscribe(requests)).await {
             return end;
         }
         let mut pings = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         pings.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let shutdown = self.shared.shutdown.clone();
+        let sub = self.sub.clone();
         loop {
             let pong_deadline = self.ping_sent.map(|t| t + pong_timeout);
+            // Order matters: what the client sent (a pong, a close) is read
+            // before the pong deadline is judged, and the queue comes last so
+            // steady traffic cannot starve the client's frames or the pings.
             let work = tokio::select! {
                 biased;
-                () = stop.cancelled.as_mut() => return End::Close(CloseCode::GoingAway, "server shutting down"),
-                () = stop.overflowed.as_mut() => return End::Close(CloseCode::TooSlow, TOO_SLOW),
-                () = sleep_until(pong_deadline) => return End::Close(CloseCode::HeartbeatMissed, "no pong to ping"),
-                item = self.rx.recv() => match item {
-                    Some(first) => Work::Deliver(first),
-                    None => return End::Gone("hub closed"),
-                },
+                () = shutdown.cancelled() => return End::Close(CloseCode::GoingAway, "server shutting down"),
+                () = sub.overflowed() => return End::Close(CloseCode::TooSlow, TOO_SLOW),
                 msg = self.socket.next() => match msg {
                     Some(Ok(msg)) => Work::Message(msg),
                     Some(Err(e)) => return read_error(e),
                     None => return End::Gone("client_closed"),
                 },
                 _ = pings.tick() => Work::Ping,
+                () = sleep_until(pong_deadline) => return End::Close(CloseCode::HeartbeatMissed, "no pong to ping"),
+                item = self.rx.recv() => match item {
+                    Some(first) => Work::Deliver(first),
+                    // The session holds a sender (in `sub`): never closed.
+                    None => return End::Gone("hub closed"),
+                },
             };
-            if let Err(end) = self.guarded(work, &mut stop).await {
+            if let Err(end) = self.guarded(work).await {
                 return end;
             }
         }
@@ -193,15 +190,13 @@ where
     /// Do `work`, which writes to the socket, but give up when the session
     /// overflows or the server shuts down meanwhile: a client that stopped
     /// reading blocks the write, and must not block its own eviction.
-    async fn guarded<C, O>(&mut self, work: Work, stop: &mut Stop<'_, C, O>) -> SendResult
-    where
-        C: Future<Output = ()>,
-        O: Future<Output = ()>,
-    {
+    async fn guarded(&mut self, work: Work) -> SendResult {
+        let shutdown = self.shared.shutdown.clone();
+        let sub = self.sub.clone();
         tokio::select! {
             biased;
-            () = stop.cancelled.as_mut() => Err(End::Close(CloseCode::GoingAway, "server shutting down")),
-            () = stop.overflowed.as_mut() => Err(End::Close(CloseCode::TooSlow, TOO_SLOW)),
+            () = shutdown.cancelled() => Err(End::Close(CloseCode::GoingAway, "server shutting down")),
+            () = sub.overflowed() => Err(End::Close(CloseCode::TooSlow, TOO_SLOW)),
             done = self.perform(work) => done,
         }
     }
@@ -222,10 +217,8 @@ where
 
     async fn ping(&mut self) -> SendResult {
         self.ping_sent.get_or_insert_with(Instant::now);
-        self.socket
-            .send(Message::Ping(Default::default()))
-            .await
-            .map_err(|_| End::Gone("write_error"))
+        self.write(Message::Ping(Default::default())).await?;
+        self.flush().await
     }
 
     async fn on_message(&mut self, msg: Message) -> SendResult {
@@ -259,7 +252,12 @@ where
             }
             // tungstenite queued the pong; flushing sends it now.
             Message::Ping(_) => self.flush().await,
-            Message::Close(_) => Err(End::Gone("client_closed")),
+            Message::Close(_) => {
+                // tungstenite queued the close reply; send it so the client
+                // sees a clean close.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.flush()).await;
+                Err(End::Gone("client_closed"))
+            }
             Message::Frame(_) => Ok(()),
         }
     }
@@ -299,13 +297,26 @@ where
             }
         }
         // Register before reading the log: nothing appended from here on can
-        // fall between the two.
+        // fall between the two. The channel is recorded at once (with a
+        // placeholder position; nothing is delivered from the queue until
+        // the catch-up below is done), so that a session ending mid-replay
+        // still unsubscribes it when dropped.
         self.shared.hub.subscribe(channel, &self.sub);
+        if !known {
+            self.channels.insert(
+                Arc::from(channel),
+                Position {
+                    epoch: Arc::from(""),
+                    offset: 0,
+                },
+            );
+        }
         match self.catch_up(channel, wanted, malformed).await {
             Ok(()) => Ok(()),
             Err(Failure::End(end)) => Err(end),
             Err(Failure::Store(e)) => {
                 if !known {
+                    self.channels.remove(channel);
                     self.shared.hub.unsubscribe(channel, self.sub.id());
                 }
                 tracing::warn!(channel, error = %e, "subscription failed: store unavailable");
@@ -357,7 +368,13 @@ where
             }
             sent
         } else {
-            page.last
+            // Live from the head; but a channel this session already follows
+            // in this epoch keeps its place, so notifications queued and not
+            // yet written are not skipped.
+            match self.channels.get(channel) {
+                Some(p) if *p.epoch == *page.epoch => p.offset.min(page.last),
+                _ => page.last,
+            }
         };
         self.channels.insert(
             Arc::from(channel),
@@ -414,16 +431,9 @@ where
     }
 
     async fn deliver(&mut self, d: &Arc<Delivery>) -> Result<(), Failure> {
-        let Some(pos) = self.channels.get_mut(&d.channel) else {
+        let Some(pos) = self.channels.get(&d.channel) else {
             return Ok(()); // unsubscribed since it was queued
         };
-        // The common case, with one map lookup: the next offset of a live
-        // channel in its epoch. (If the write fails the session ends, so
-        // advancing the position first changes nothing.)
-        if d.offset == pos.offset + 1 && pos.epoch == d.epoch {
-            pos.offset = d.offset;
-            return Ok(self.feed(d.frame.clone()).await?);
-        }
         if pos.epoch != d.epoch {
             // The channel's history started afresh under us (a shared store
             // lost it): say so before the first notification of the new epoch.
@@ -475,6 +485,22 @@ where
                 break; // trimmed: nothing older to send
             }
         }
+        if sent + 1 < until {
+            // The hole cannot be filled from the log: say so, never skip
+            // silently.
+            let epoch = self.channels.get(channel).map(|p| p.epoch.clone());
+            if let Some(epoch) = epoch {
+                self.shared.metrics.subscribed(false);
+                let frame = ServerFrame::Subscribed {
+                    channel,
+                    replayed: 0,
+                    recovered: false,
+                    position: format!("{epoch}-{}", until - 1),
+                };
+                self.send_frame(&frame).await?;
+            }
+            sent = until - 1;
+        }
         if let Some(p) = self.channels.get_mut(channel) {
             p.offset = sent;
         }
@@ -492,28 +518,36 @@ where
     }
 
     async fn send_frame(&mut self, frame: &ServerFrame<'_>) -> SendResult {
-        self.socket
-            .feed(Message::Text(Utf8Bytes::from(frame.to_json())))
+        self.write(Message::Text(Utf8Bytes::from(frame.to_json())))
             .await
-            .map_err(|_| End::Gone("write_error"))
     }
 
+    /// Queue one notification frame for the next flush.
     async fn feed(&mut self, frame: Utf8Bytes) -> SendResult {
         self.written += 1;
-        self.socket
-            .feed(Message::Text(frame))
-            .await
-            .map_err(|_| End::Gone("write_error"))
+        self.write(Message::Text(frame)).await
+    }
+
+    /// Every socket write is bounded: a client that accepts no bytes for a
+    /// whole heartbeat period (ping interval + pong timeout) is gone, even
+    /// on a channel too quiet to overflow its queue.
+    async fn write(&mut self, msg: Message) -> SendResult {
+        match tokio::time::timeout(self.write_timeout, self.socket.feed(msg)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone("write_error")),
+            Err(_) => Err(End::Gone("write_stalled")),
+        }
     }
 
     async fn flush(&mut self) -> SendResult {
         if self.written >= 64 {
             self.flush_metrics();
         }
-        self.socket
-            .flush()
-            .await
-            .map_err(|_| End::Gone("write_error"))
+        match tokio::time::timeout(self.write_timeout, self.socket.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(End::Gone("write_error")),
+            Err(_) => Err(End::Gone("write_stalled")),
+        }
     }
 
     fn flush_metrics(&mut self) {
@@ -529,14 +563,6 @@ where
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.send(Message::Close(Some(frame))))
             .await;
     }
-}
-
-/// The futures that end a session: shutdown and queue overflow. Each
-/// resolves once and the session returns when it does, so they are never
-/// polled after completion.
-struct Stop<'a, C, O> {
-    cancelled: Pin<&'a mut C>,
-    overflowed: Pin<&'a mut O>,
 }
 
 /// A step that failed either at the socket or at the store.
