@@ -94,8 +94,6 @@ struct Session<S> {
     written: u64,
     /// When the oldest unanswered ping was sent.
     ping_sent: Option<Instant>,
-    /// Longest a single socket write may wait.
-    write_timeout: Duration,
 }
 
 /// Run a session until it ends; returns the close reason label.
@@ -115,9 +113,6 @@ where
         channels: HashMap::new(),
         written: 0,
         ping_sent: None,
-        write_timeout: Duration::from_millis(
-            shared.config.ping_interval_ms + shared.config.pong_timeout_ms,
-        ),
     };
     let end = session.serve(requests).await;
     let reason = match end {
@@ -161,25 +156,21 @@ where
         let sub = self.sub.clone();
         loop {
             let pong_deadline = self.ping_sent.map(|t| t + pong_timeout);
-            // Order matters: what the client sent (a pong, a close) is read
-            // before the pong deadline is judged, and the queue comes last so
-            // steady traffic cannot starve the client's frames or the pings.
             let work = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return End::Close(CloseCode::GoingAway, "server shutting down"),
                 () = sub.overflowed() => return End::Close(CloseCode::TooSlow, TOO_SLOW),
+                () = sleep_until(pong_deadline) => return End::Close(CloseCode::HeartbeatMissed, "no pong to ping"),
+                item = self.rx.recv() => match item {
+                    Some(first) => Work::Deliver(first),
+                    None => return End::Gone("hub closed"),
+                },
                 msg = self.socket.next() => match msg {
                     Some(Ok(msg)) => Work::Message(msg),
                     Some(Err(e)) => return read_error(e),
                     None => return End::Gone("client_closed"),
                 },
                 _ = pings.tick() => Work::Ping,
-                () = sleep_until(pong_deadline) => return End::Close(CloseCode::HeartbeatMissed, "no pong to ping"),
-                item = self.rx.recv() => match item {
-                    Some(first) => Work::Deliver(first),
-                    // The session holds a sender (in `sub`): never closed.
-                    None => return End::Gone("hub closed"),
-                },
             };
             if let Err(end) = self.guarded(work).await {
                 return end;
@@ -217,8 +208,10 @@ where
 
     async fn ping(&mut self) -> SendResult {
         self.ping_sent.get_or_insert_with(Instant::now);
-        self.write(Message::Ping(Default::default())).await?;
-        self.flush().await
+        self.socket
+            .send(Message::Ping(Default::default()))
+            .await
+            .map_err(|_| End::Gone("write_error"))
     }
 
     async fn on_message(&mut self, msg: Message) -> SendResult {
@@ -252,12 +245,7 @@ where
             }
             // tungstenite queued the pong; flushing sends it now.
             Message::Ping(_) => self.flush().await,
-            Message::Close(_) => {
-                // tungstenite queued the close reply; send it so the client
-                // sees a clean close.
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.flush()).await;
-                Err(End::Gone("client_closed"))
-            }
+            Message::Close(_) => Err(End::Gone("client_closed")),
             Message::Frame(_) => Ok(()),
         }
     }
@@ -297,26 +285,13 @@ where
             }
         }
         // Register before reading the log: nothing appended from here on can
-        // fall between the two. The channel is recorded at once (with a
-        // placeholder position; nothing is delivered from the queue until
-        // the catch-up below is done), so that a session ending mid-replay
-        // still unsubscribes it when dropped.
+        // fall between the two.
         self.shared.hub.subscribe(channel, &self.sub);
-        if !known {
-            self.channels.insert(
-                Arc::from(channel),
-                Position {
-                    epoch: Arc::from(""),
-                    offset: 0,
-                },
-            );
-        }
         match self.catch_up(channel, wanted, malformed).await {
             Ok(()) => Ok(()),
             Err(Failure::End(end)) => Err(end),
             Err(Failure::Store(e)) => {
                 if !known {
-                    self.channels.remove(channel);
                     self.shared.hub.unsubscribe(channel, self.sub.id());
                 }
                 tracing::warn!(channel, error = %e, "subscription failed: store unavailable");
@@ -368,13 +343,7 @@ where
             }
             sent
         } else {
-            // Live from the head; but a channel this session already follows
-            // in this epoch keeps its place, so notifications queued and not
-            // yet written are not skipped.
-            match self.channels.get(channel) {
-                Some(p) if *p.epoch == *page.epoch => p.offset.min(page.last),
-                _ => page.last,
-            }
+            page.last
         };
         self.channels.insert(
             Arc::from(channel),
@@ -485,22 +454,6 @@ where
                 break; // trimmed: nothing older to send
             }
         }
-        if sent + 1 < until {
-            // The hole cannot be filled from the log: say so, never skip
-            // silently.
-            let epoch = self.channels.get(channel).map(|p| p.epoch.clone());
-            if let Some(epoch) = epoch {
-                self.shared.metrics.subscribed(false);
-                let frame = ServerFrame::Subscribed {
-                    channel,
-                    replayed: 0,
-                    recovered: false,
-                    position: format!("{epoch}-{}", until - 1),
-                };
-                self.send_frame(&frame).await?;
-            }
-            sent = until - 1;
-        }
         if let Some(p) = self.channels.get_mut(channel) {
             p.offset = sent;
         }
@@ -518,36 +471,28 @@ where
     }
 
     async fn send_frame(&mut self, frame: &ServerFrame<'_>) -> SendResult {
-        self.write(Message::Text(Utf8Bytes::from(frame.to_json())))
+        self.socket
+            .feed(Message::Text(Utf8Bytes::from(frame.to_json())))
             .await
+            .map_err(|_| End::Gone("write_error"))
     }
 
-    /// Queue one notification frame for the next flush.
     async fn feed(&mut self, frame: Utf8Bytes) -> SendResult {
         self.written += 1;
-        self.write(Message::Text(frame)).await
-    }
-
-    /// Every socket write is bounded: a client that accepts no bytes for a
-    /// whole heartbeat period (ping interval + pong timeout) is gone, even
-    /// on a channel too quiet to overflow its queue.
-    async fn write(&mut self, msg: Message) -> SendResult {
-        match tokio::time::timeout(self.write_timeout, self.socket.feed(msg)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Gone("write_error")),
-            Err(_) => Err(End::Gone("write_stalled")),
-        }
+        self.socket
+            .feed(Message::Text(frame))
+            .await
+            .map_err(|_| End::Gone("write_error"))
     }
 
     async fn flush(&mut self) -> SendResult {
         if self.written >= 64 {
             self.flush_metrics();
         }
-        match tokio::time::timeout(self.write_timeout, self.socket.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Gone("write_error")),
-            Err(_) => Err(End::Gone("write_stalled")),
-        }
+        self.socket
+            .flush()
+            .await
+            .map_err(|_| End::Gone("write_error"))
     }
 
     fn flush_metrics(&mut self) {
