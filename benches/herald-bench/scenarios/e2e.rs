@@ -7,8 +7,7 @@
 use anyhow::Result;
 
 use super::{
-    Meter, clients, deadline, join_all, latency_figures, servers, settle, spawn_all, unique,
-    verify_all,
+    Meter, clients, deadline, finish, latency_figures, servers, settle, spawn_all, unique,
 };
 use crate::Opts;
 use crate::client::{Progress, connect_all, merged};
@@ -78,9 +77,7 @@ async fn measure(opts: &Opts, kind: Kind, c: usize, batch: u64, events: u64) -> 
     producer
         .flood(0..events, batch, 4, Some((&progress, c as u64, 400)), end)
         .await?;
-    let list = join_all(handles, end).await?;
-    let m = meter.stop(&server);
-    verify_all(&list, kind, per_client)?;
+    let (list, m) = finish(handles, end, &meter, &server, kind, per_client).await?;
     let mut f = Figures::new();
     f.insert("events_per_s", events as f64 / m.secs);
     f.insert("deliveries_per_s", progress.sum() as f64 / m.secs);

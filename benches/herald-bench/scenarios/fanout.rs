@@ -5,8 +5,8 @@
 use anyhow::Result;
 
 use super::{
-    Meter, clients, deadline, join_all, latency_figures, mean_frame_bytes, runs, servers,
-    spawn_all, unique, verify_all,
+    Meter, clients, deadline, finish, latency_figures, mean_frame_bytes, runs, servers, spawn_all,
+    unique,
 };
 use crate::Opts;
 use crate::client::{Progress, connect_all, merged};
@@ -101,9 +101,7 @@ async fn measure(
             end,
         )
         .await?;
-    let list = join_all(handles, end).await?;
-    let m = meter.stop(&server);
-    verify_all(&list, kind, to)?;
+    let (list, m) = finish(handles, end, &meter, &server, kind, to).await?;
     let total = events as f64 * c as f64;
     let mut f = Figures::new();
     f.insert("deliveries_per_s", total / m.secs);

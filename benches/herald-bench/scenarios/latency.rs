@@ -5,10 +5,7 @@
 
 use anyhow::Result;
 
-use super::{
-    Meter, clients, deadline, join_all, latency_figures, runs, servers, spawn_all, unique,
-    verify_all,
-};
+use super::{Meter, clients, deadline, finish, latency_figures, runs, servers, spawn_all, unique};
 use crate::Opts;
 use crate::client::{connect_all, merged};
 use crate::produce::{Producer, Route};
@@ -58,9 +55,7 @@ async fn measure(opts: &Opts, kind: Kind, c: usize, rate: u64, secs: u64) -> Res
         Ok(cl)
     });
     producer.paced(0..events, rate, end).await?;
-    let list = join_all(handles, end).await?;
-    let m = meter.stop(&server);
-    verify_all(&list, kind, to)?;
+    let (list, m) = finish(handles, end, &meter, &server, kind, to).await?;
     let total = events as f64 * c as f64;
     let mut f = Figures::new();
     f.insert("deliveries_per_s", total / m.secs);

@@ -128,6 +128,22 @@ async fn join_all(
     Ok(out)
 }
 
+/// End a measurement: wait for the clients' tasks, stop the meter, and
+/// check every client got exactly up to offset `to`.
+async fn finish(
+    handles: Vec<JoinHandle<Result<Client>>>,
+    deadline: Instant,
+    meter: &Meter,
+    server: &Server,
+    kind: Kind,
+    to: u64,
+) -> Result<(Vec<Client>, Measured)> {
+    let list = join_all(handles, deadline).await?;
+    let m = meter.stop(server);
+    verify_all(&list, kind, to)?;
+    Ok((list, m))
+}
+
 /// Wall time and CPU time (server and generator) over an interval.
 struct Meter {
     at: Instant,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Result, bail};
 use tokio::time::Instant;
 
-use super::{Meter, clients, deadline, join_all, runs, spawn_all, unique, verify_all};
+use super::{Meter, clients, deadline, finish, runs, spawn_all, unique};
 use crate::Opts;
 use crate::client::connect_all;
 use crate::produce::{Producer, Route};
@@ -109,10 +109,8 @@ async fn measure(opts: &Opts, k: usize, missed: u64, rate: u64) -> Result<Figure
             Ok(c)
         }
     });
-    let list = join_all(handles, end).await?;
-    let m = meter.stop(&server);
+    let (list, m) = finish(handles, end, &meter, &server, Kind::Herald, to).await?;
     live_task.await??;
-    verify_all(&list, Kind::Herald, to)?;
     let replayed: u64 = list.iter().map(|c| c.track.replayed).sum();
     let reconnects: u64 = list.iter().map(|c| c.track.reconnects).sum();
     let mut per_client: Vec<f64> = list

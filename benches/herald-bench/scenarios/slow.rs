@@ -51,15 +51,14 @@ pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
         }
     }
     report.target(
-        "slow-consumer: others' p99 change, % (1000 clients)",
-        report
-            .median(
-                NAME,
-                &format!("clients=1000 rate={rate}/s payload=100B"),
-                "herald",
-                "p99_change_pct",
-            )
-            .map(f64::abs),
+        "slow-consumer: others' p99 rise, % (1000 clients)",
+        // A rise is what the slow client must not cause; a fall is noise.
+        report.median(
+            NAME,
+            &format!("clients=1000 rate={rate}/s payload=100B"),
+            "herald",
+            "p99_change_pct",
+        ),
         Limit::AtMost(10.0),
     );
     Ok(())

@@ -11,9 +11,7 @@ use std::time::Duration;
 use anyhow::Result;
 use tokio::time::Instant;
 
-use super::{
-    Meter, clients, deadline, join_all, latency_figures, runs, spawn_all, unique, verify_all,
-};
+use super::{Meter, clients, deadline, finish, join_all, latency_figures, runs, spawn_all, unique};
 use crate::Opts;
 use crate::client::{connect_all, merged};
 use crate::produce::{Producer, Route};
@@ -101,10 +99,8 @@ async fn measure(opts: &Opts, c: usize, missed: u64, rate: u64) -> Result<Figure
         .await??;
         Ok(cl)
     });
-    let list = join_all(handles, end).await?;
-    let m = meter.stop(&server);
+    let (list, m) = finish(handles, end, &meter, &server, Kind::Herald, to).await?;
     live_task.await??;
-    verify_all(&list, Kind::Herald, to)?;
     let mut caught: Vec<f64> = list.iter().map(|c| c.mark_us as f64 / 1e6).collect();
     caught.sort_by(f64::total_cmp);
     let lost: u64 = list.iter().map(|c| c.track.lost).sum();
