@@ -29,14 +29,14 @@ bench() {
     --json "$out/$name.json" | tee "$out/$name.txt"
 }
 
-bench fanout fanout --peer --pin
+bench fanout fanout --peer --pin --deliveries 1000000
 bench latency latency --peer --pin
 bench idle-memory idle-memory --peer
 bench replay replay --pin
 bench reconnect-storm reconnect-storm --pin
 bench slow-consumer slow-consumer --pin
 bench ingest-http ingest --source http --peer --pin
-bench e2e-http e2e --source http --peer --pin
+bench e2e-http e2e --source http --peer --pin --events 100000
 # Once merged: e2e / ingest --source kafka and --source amqp, and ingest
 # with HERALD_STORE__KIND=disk / redis.
 

@@ -387,11 +387,15 @@ impl Client {
     }
 
     /// Read until the client has offset `to`. A 4008 (too slow) close is
-    /// answered the way a real client does: resume from the last id.
+    /// answered the way a real client does: resume from the last id. So is
+    /// a connection dropped without a close frame, which is how a 4008
+    /// arrives when the client's socket is too full to take the close frame
+    /// (herald then drops the connection after 5 s); a server that is gone
+    /// fails the reconnection.
     pub(crate) async fn until_offset(&mut self, to: u64) -> Result<()> {
         while self.track.last < to {
             match self.next().await? {
-                Got::Closed(Some(4008)) => {
+                Got::Closed(Some(4008) | None) => {
                     self.track.reconnects += 1;
                     if self.track.reconnects > 100 {
                         bail!("client {}: closed as too slow 100 times", self.index);

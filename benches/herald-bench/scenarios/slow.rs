@@ -74,8 +74,9 @@ async fn measure(
 ) -> Result<Figures> {
     let mut env = Vec::new();
     if opts.quick {
-        // Small queue so the slow client overflows within the short phase.
-        env.push(("HERALD_DELIVERY__QUEUE_CAPACITY", "16".to_string()));
+        // A small queue so the slow client overflows within the short
+        // phase (the kernel's send buffer takes the first ~4 MiB).
+        env.push(("HERALD_DELIVERY__QUEUE_CAPACITY", "64".to_string()));
     }
     let server = Server::start(Kind::Herald, opts, &env)?;
     let channel = unique("slow");
@@ -112,15 +113,19 @@ async fn measure(
                 if let Some(kib) = pid_server.and_then(crate::server::rss_kib_of) {
                     rss[phase].fetch_max(kib, Ordering::Relaxed);
                 }
-                if phase == 1 && evicted_ms.load(Ordering::Relaxed) == 0 {
+                if evicted_ms.load(Ordering::Relaxed) == 0 {
                     if let Ok(r) = http.get(&metrics_url).send().await {
                         let text = r.text().await.unwrap_or_default();
                         if text.lines().any(|l| {
                             l.starts_with("herald_sessions_closed_total{reason=\"too_slow\"}")
                                 && !l.ends_with(" 0")
                         }) {
-                            let ms = (Instant::now() - phase_b_at).as_millis() as u64;
-                            evicted_ms.store(ms.max(1), Ordering::Relaxed);
+                            // From the start of phase B (0 if it came earlier).
+                            let ms = Instant::now()
+                                .saturating_duration_since(phase_b_at)
+                                .as_millis() as u64;
+                            // +1: 0 means "not yet".
+                            evicted_ms.store(ms + 1, Ordering::Relaxed);
                         }
                     }
                 }
@@ -181,9 +186,13 @@ async fn measure(
     if code != 4008 && code != 0 {
         bail!("the slow client was closed with {code}, not 4008");
     }
-    // The smoke test's large frames and small queue must overflow it.
-    if opts.quick && code != 4008 {
-        bail!("the slow client was not closed with 4008 (got {code})");
+    // The smoke test's large frames and small queue must overflow it. The
+    // client sees 4008, or only the end of the connection when its socket
+    // was too full for the close frame within herald's 5 s; herald counts
+    // the session as closed too slow either way.
+    let evicted = evicted_ms.load(Ordering::Relaxed) > 0;
+    if opts.quick && !evicted {
+        bail!("herald did not close the slow client as too slow (close code {code})");
     }
     let mut f = Figures::new();
     let a = merged(&list, 0);
@@ -202,9 +211,9 @@ async fn measure(
         f.insert("p99_change_pct", (pb - pa) / pa * 100.0);
     }
     f.insert("slow_close_code", code as f64);
-    let ev = evicted_ms.load(Ordering::Relaxed);
-    if ev > 0 {
-        f.insert("slow_closed_after_s", ev as f64 / 1000.0);
+    if evicted {
+        let ms = evicted_ms.load(Ordering::Relaxed).saturating_sub(1);
+        f.insert("slow_closed_after_s", ms as f64 / 1000.0);
     }
     f.insert(
         "rss_peak_a_mib",
