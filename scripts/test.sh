@@ -5,7 +5,8 @@
 # packages; RabbitMQ at $AMQP_URL (started locally when it is stopped);
 # Redis on 127.0.0.1:6379 (and redis-server for tests that start their
 # own); a Kafka-protocol broker at $KAFKA_BOOTSTRAP (default 127.0.0.1:9092,
-# started from the Tansu wheel when none answers) — runs every test, and
+# started from the Tansu wheel when none answers); the benchmark peer's npm
+# packages — runs every test, then the load generator's smoke test, and
 # stops whatever it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,3 +30,12 @@ source scripts/redis.sh
 source scripts/kafka.sh
 
 cargo test --locked "$@"
+
+# The load generator at small scale against the debug build: every scenario,
+# herald and the Node.js ws peer, correctness only (no timing assertion).
+# The dev profile reuses what `cargo test` just built.
+if [[ ! -d benches/peer/node_modules/ws || benches/peer/package-lock.json -nt benches/peer/node_modules/.package-lock.json ]]; then
+  (cd benches/peer && npm ci --no-audit --no-fund --silent)
+fi
+cargo bench --locked --profile dev --bench herald-bench -- all --quick --peer \
+  --herald "${CARGO_TARGET_DIR:-target}/debug/herald"

@@ -15,7 +15,6 @@ use std::time::Duration;
 use axum::Router;
 use axum::response::Html;
 use axum::routing::get;
-use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -121,7 +120,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
 
     let addr = config.server.listen;
-    let listener = TcpListener::bind(addr)
+    let listener = crate::server::bind(addr)
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
     let addr = listener

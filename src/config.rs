@@ -204,7 +204,8 @@ pub struct DeliveryConfig {
     /// Socket write buffer before a flush; frames queued together are
     /// written with one flush.
     pub write_buffer_bytes: usize,
-    /// Read buffer per connection. Small, because most sessions are idle.
+    /// Read buffer per connection, allocated up front. Small, because most
+    /// sessions are idle; tungstenite grows it for a larger message.
     pub read_buffer_bytes: usize,
 }
 
@@ -291,7 +292,10 @@ impl Default for DeliveryConfig {
             max_subscriptions: 64,
             replay_page: 1000,
             write_buffer_bytes: 16 * 1024,
-            read_buffer_bytes: 4 * 1024,
+            // Allocated up front for every session (most are idle, and
+            // client messages are tiny): 4 KiB here cost 3 KiB more per
+            // idle connection than 1 KiB (BENCHMARKS.md, idle-memory).
+            read_buffer_bytes: 1024,
         }
     }
 }

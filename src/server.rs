@@ -7,6 +7,8 @@
 //! graceful stop that lets in-flight requests (ingest waiting for its
 //! append) finish.
 
+use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::Router;
@@ -14,10 +16,29 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+/// Accept queue length asked of the kernel (which caps it at
+/// `net.core.somaxconn`, 4096 by default).
+const ACCEPT_BACKLOG: u32 = 4096;
+
+/// Bind the listener with a deep accept queue. std and tokio ask for 128:
+/// when thousands of clients reconnect at once (a reconnect storm after a
+/// network blip) the queue overflows, the kernel drops their SYNs, and
+/// each of those clients waits a 1 s retransmission before it is accepted.
+pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(ACCEPT_BACKLOG)
+}
 
 /// Serve `router` on `listener` until `stop` is cancelled, then wait up to
 /// `drain` for in-flight requests. Upgraded WebSocket connections are owned

@@ -1,8 +1,8 @@
 //! The WebSocket gateway: `GET /notifications`.
 //!
 //! The HTTP upgrade is answered here and the upgraded connection is wrapped
-//! in tokio-tungstenite with deliberate buffers: a 4 KiB read buffer (the
-//! default costs ~128 KiB per idle connection), a write buffer that lets
+//! in tokio-tungstenite with deliberate buffers: a 1 KiB read buffer (the
+//! default costs ~128 KiB per idle connection, and it is allocated up front), a write buffer that lets
 //! queued frames go out with one flush, a bounded write backlog, and explicit
 //! message and frame size limits.
 //!

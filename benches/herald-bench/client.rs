@@ -1,0 +1,466 @@
+//! WebSocket clients bound to 127.0.0.x source addresses, and the checker
+//! that every client runs over what it receives.
+//!
+//! The checker follows one channel per client: the offsets it receives must
+//! go up by exactly one (a jump is a loss, a repeat a duplicate), starting
+//! right after the client's `last_id` (replay) or the `position` of its
+//! `subscribed` frame (live). Latency is the receive time minus the
+//! producer's timestamp in the event's `data.ts`, recorded for live
+//! notifications only (replayed ones are old by design).
+
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde::Deserialize;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+/// Microseconds since the Unix epoch (the clock of `data.ts`).
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// A latency histogram in microseconds, 1 µs to 60 s, 3 significant digits.
+pub(crate) fn histogram() -> Histogram<u64> {
+    #[allow(clippy::expect_used)] // constant, valid bounds
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+/// The source address of client `i`: 127.0.0.2, 127.0.0.3, ... so that no
+/// one address runs out of ephemeral ports.
+pub(crate) fn source_ip(i: usize, spread: u8) -> IpAddr {
+    let n = (i % usize::from(spread.max(1))) as u8;
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + n))
+}
+
+/// Where and how a client connects.
+#[derive(Debug, Clone)]
+pub(crate) struct Dial {
+    pub server: SocketAddr,
+    pub bind: IpAddr,
+    /// Read buffer (tungstenite's and the requested socket receive buffer).
+    pub read_buffer: usize,
+    /// Socket receive buffer to ask for (the slow consumer asks a small one).
+    pub rcvbuf: Option<u32>,
+}
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// Open a WebSocket to `/notifications?{query}`.
+pub(crate) async fn dial(d: &Dial, query: &str) -> Result<Ws> {
+    let socket = TcpSocket::new_v4()?;
+    socket
+        .bind(SocketAddr::new(d.bind, 0))
+        .with_context(|| format!("bind {}", d.bind))?;
+    if let Some(n) = d.rcvbuf {
+        socket.set_recv_buffer_size(n)?;
+    }
+    let stream = socket
+        .connect(d.server)
+        .await
+        .with_context(|| format!("connect {} from {}", d.server, d.bind))?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://{}/notifications?{query}", d.server);
+    let config = WebSocketConfig::default()
+        .read_buffer_size(d.read_buffer)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20));
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+        .await
+        .context("WebSocket handshake")?;
+    Ok(ws)
+}
+
+#[derive(Deserialize)]
+struct Frame<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    data: Option<Data>,
+    #[serde(default)]
+    replayed: u64,
+    #[serde(default)]
+    recovered: Option<bool>,
+    #[serde(default, borrow)]
+    position: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    code: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize, Default)]
+struct Data {
+    #[serde(default)]
+    seq: u64,
+    #[serde(default)]
+    ts: u64,
+}
+
+/// What one read produced.
+#[derive(Debug)]
+pub(crate) enum Got {
+    Notification,
+    Subscribed {
+        replayed: u64,
+        recovered: bool,
+    },
+    /// Closed with this close code (None: no close frame).
+    Closed(Option<u16>),
+}
+
+/// The per-client checker and counters.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Track {
+    pub epoch: String,
+    /// Highest offset received in order (the client's last id).
+    pub last: u64,
+    pub received: u64,
+    pub lost: u64,
+    pub duplicates: u64,
+    pub bytes: u64,
+    pub seq_sum: u128,
+    pub subscribed: bool,
+    pub recovered: bool,
+    pub replayed: u64,
+    /// Reconnections after a 4008 (too slow).
+    pub reconnects: u64,
+}
+
+impl Track {
+    pub(crate) fn last_id(&self) -> String {
+        format!("{}-{}", self.epoch, self.last)
+    }
+
+    fn on_notification(&mut self, offset: u64, seq: u64) {
+        self.received += 1;
+        if offset == self.last + 1 {
+            self.last = offset;
+            self.seq_sum += u128::from(seq);
+        } else if offset <= self.last {
+            self.duplicates += 1;
+        } else {
+            self.lost += offset - self.last - 1;
+            self.last = offset;
+            self.seq_sum += u128::from(seq);
+        }
+    }
+
+    /// Check the client received exactly `from + 1 ..= to` in order.
+    pub(crate) fn verify(&self, who: &str, to: u64) -> Result<()> {
+        if self.lost > 0 || self.duplicates > 0 || self.last != to {
+            bail!(
+                "{who}: last offset {} (expected {to}), {} lost, {} duplicated",
+                self.last,
+                self.lost,
+                self.duplicates
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Per-client progress the producer reads to keep its window (so no
+/// client's bounded server queue overflows in a throughput measurement).
+#[derive(Debug)]
+pub(crate) struct Progress {
+    slots: Vec<AtomicU64>,
+}
+
+impl Progress {
+    pub(crate) fn new(n: usize) -> Arc<Self> {
+        Arc::new(Self {
+            slots: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    pub(crate) fn set(&self, i: usize, received: u64) {
+        if let Some(s) = self.slots.get(i) {
+            s.store(received, Ordering::Relaxed);
+        }
+    }
+
+    /// The fewest notifications any client has received.
+    pub(crate) fn min(&self) -> u64 {
+        self.slots
+            .iter()
+            .map(|s| s.load(Ordering::Relaxed))
+            .min()
+            .unwrap_or(0)
+    }
+
+    pub(crate) fn sum(&self) -> u64 {
+        self.slots.iter().map(|s| s.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// One client: its socket, checker and latency histograms.
+#[derive(Debug)]
+pub(crate) struct Client {
+    pub index: usize,
+    pub dial: Dial,
+    pub channel: String,
+    ws: Option<Ws>,
+    pub track: Track,
+    /// Live latency, by phase (`split` decides: seq below it is phase 0).
+    pub hist: [Option<Histogram<u64>>; 2],
+    pub split: Option<Arc<AtomicU64>>,
+    pub record_latency: bool,
+    pub progress: Option<(Arc<Progress>, u64)>,
+    /// A time (µs) a scenario notes for this client.
+    pub mark_us: u64,
+}
+
+impl Client {
+    pub(crate) fn new(index: usize, dial: Dial, channel: String) -> Self {
+        Self {
+            index,
+            dial,
+            channel,
+            ws: None,
+            track: Track::default(),
+            hist: [None, None],
+            split: None,
+            record_latency: false,
+            progress: None,
+            mark_us: 0,
+        }
+    }
+
+    fn query(&self, last_id: Option<&str>) -> String {
+        let channel = urlencode(&self.channel);
+        match last_id {
+            Some(id) => format!("channel={channel}&last_id={}", urlencode(id)),
+            None => format!("channel={channel}"),
+        }
+    }
+
+    /// Connect and subscribe to the channel, live from its head.
+    pub(crate) async fn connect(&mut self) -> Result<()> {
+        let q = self.query(None);
+        self.ws = Some(dial(&self.dial, &q).await?);
+        self.track.subscribed = false;
+        Ok(())
+    }
+
+    /// Connect with `last_id` = the last offset received: the missed
+    /// notifications come first, then `subscribed`.
+    pub(crate) async fn resume(&mut self) -> Result<()> {
+        let q = self.query(Some(&self.track.last_id()));
+        self.ws = Some(dial(&self.dial, &q).await?);
+        self.track.subscribed = false;
+        Ok(())
+    }
+
+    /// Take `<epoch>-<offset>` as the last id (for a client that has not
+    /// connected yet).
+    pub(crate) fn set_last_id(&mut self, epoch: &str, offset: u64) {
+        self.track.epoch = epoch.to_string();
+        self.track.last = offset;
+    }
+
+    /// Drop the connection without a close frame (a network failure).
+    pub(crate) fn drop_connection(&mut self) {
+        self.ws = None;
+    }
+
+    /// Read one application frame and account for it.
+    pub(crate) async fn next(&mut self) -> Result<Got> {
+        let ws = self.ws.as_mut().ok_or_else(|| anyhow!("not connected"))?;
+        loop {
+            let msg = match ws.next().await {
+                Some(Ok(m)) => m,
+                // The server dropped the connection without a close frame.
+                Some(Err(
+                    WsError::ConnectionClosed
+                    | WsError::AlreadyClosed
+                    | WsError::Io(_)
+                    | WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake),
+                )) => return Ok(Got::Closed(None)),
+                Some(Err(e)) => return Err(anyhow!("client {}: read: {e}", self.index)),
+                None => return Ok(Got::Closed(None)),
+            };
+            let text = match msg {
+                Message::Text(t) => t,
+                Message::Close(f) => return Ok(Got::Closed(f.map(|f| u16::from(f.code)))),
+                Message::Binary(_) => bail!("client {}: a binary frame", self.index),
+                _ => continue,
+            };
+            self.track.bytes += text.len() as u64;
+            let frame: Frame<'_> = serde_json::from_str(&text)
+                .with_context(|| format!("client {}: not a JSON frame: {text}", self.index))?;
+            match &*frame.ty {
+                "notification" => {
+                    let data = frame.data.unwrap_or_default();
+                    self.track.on_notification(frame.offset, data.seq);
+                    if self.record_latency && self.track.subscribed && data.ts > 0 {
+                        let phase = match &self.split {
+                            Some(s) if data.seq >= s.load(Ordering::Relaxed) => 1,
+                            _ => 0,
+                        };
+                        let h = self.hist[phase].get_or_insert_with(histogram);
+                        let _ = h.record(now_us().saturating_sub(data.ts).max(1));
+                    }
+                    if let Some((p, base)) = &self.progress {
+                        p.set(self.index, self.track.last.saturating_sub(*base));
+                    }
+                    return Ok(Got::Notification);
+                }
+                "subscribed" => {
+                    let recovered = frame.recovered.unwrap_or(false);
+                    if let Some(pos) = frame.position.as_deref() {
+                        let (epoch, offset) = pos
+                            .rsplit_once('-')
+                            .and_then(|(e, o)| Some((e, o.parse::<u64>().ok()?)))
+                            .ok_or_else(|| anyhow!("bad position {pos}"))?;
+                        if !recovered || self.track.epoch.is_empty() {
+                            // Live from the head: nothing before it is expected.
+                            self.track.epoch = epoch.to_string();
+                            self.track.last = offset;
+                        } else if offset != self.track.last {
+                            bail!(
+                                "client {}: subscribed at {offset} after replaying up to {}",
+                                self.index,
+                                self.track.last
+                            );
+                        }
+                    }
+                    self.track.subscribed = true;
+                    self.track.recovered = recovered;
+                    self.track.replayed += frame.replayed;
+                    return Ok(Got::Subscribed {
+                        replayed: frame.replayed,
+                        recovered,
+                    });
+                }
+                "error" => bail!(
+                    "client {}: error frame {}: {text}",
+                    self.index,
+                    frame.code.as_deref().unwrap_or("?")
+                ),
+                _ => {} // pong and frames of later protocol versions
+            }
+        }
+    }
+
+    /// Read until `subscribed`; notifications before it are replay.
+    pub(crate) async fn until_subscribed(&mut self) -> Result<(u64, bool)> {
+        loop {
+            match self.next().await? {
+                Got::Subscribed {
+                    replayed,
+                    recovered,
+                } => return Ok((replayed, recovered)),
+                Got::Notification => {}
+                Got::Closed(code) => {
+                    bail!("client {}: closed ({code:?}) before subscribed", self.index)
+                }
+            }
+        }
+    }
+
+    /// Connect with the last id and read the replay up to `subscribed`,
+    /// which must say `recovered` after at least `missed` notifications.
+    pub(crate) async fn resume_replayed(&mut self, missed: u64) -> Result<u64> {
+        self.resume().await?;
+        let (replayed, recovered) = self.until_subscribed().await?;
+        if !recovered || replayed < missed {
+            bail!(
+                "client {}: replayed {replayed} of {missed} missed, recovered {recovered}",
+                self.index
+            );
+        }
+        Ok(replayed)
+    }
+
+    /// Read until the client has offset `to`. A 4008 (too slow) close is
+    /// answered the way a real client does: resume from the last id. So is
+    /// a connection dropped without a close frame, which is how a 4008
+    /// arrives when the client's socket is too full to take the close frame
+    /// (herald then drops the connection after 5 s); a server that is gone
+    /// fails the reconnection.
+    pub(crate) async fn until_offset(&mut self, to: u64) -> Result<()> {
+        while self.track.last < to {
+            match self.next().await? {
+                Got::Closed(Some(4008) | None) => {
+                    self.track.reconnects += 1;
+                    if self.track.reconnects > 100 {
+                        bail!("client {}: closed as too slow 100 times", self.index);
+                    }
+                    self.resume().await?;
+                }
+                Got::Closed(code) => bail!(
+                    "client {}: closed ({code:?}) at offset {} before {to}",
+                    self.index,
+                    self.track.last
+                ),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Connect `clients` with at most `parallel` handshakes at once, each within
+/// `within`; wait for every `subscribed`.
+pub(crate) async fn connect_all(
+    clients: Vec<Client>,
+    parallel: usize,
+    within: Duration,
+) -> Result<Vec<Client>> {
+    let deadline = Instant::now() + within;
+    let results: Vec<Result<Client>> = futures_util::stream::iter(clients)
+        .map(|mut c| async move {
+            tokio::time::timeout_at(deadline, async {
+                c.connect().await?;
+                c.until_subscribed().await?;
+                Ok::<_, anyhow::Error>(c)
+            })
+            .await
+            .map_err(|_| anyhow!("connect timed out"))?
+        })
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        out.push(r?);
+    }
+    out.sort_by_key(|c| c.index);
+    Ok(out)
+}
+
+/// Merge the phase-`phase` histograms of `clients`.
+pub(crate) fn merged(clients: &[Client], phase: usize) -> Histogram<u64> {
+    let mut h = histogram();
+    for c in clients {
+        if let Some(x) = &c.hist[phase] {
+            let _ = h.add(x);
+        }
+    }
+    h
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
