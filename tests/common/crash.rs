@@ -335,9 +335,13 @@ async fn consume(
             c.reconnects += 1;
         }
         // Drop the connection by choice now and then, as real clients do.
+        // Not before `subscribed`, though: a resume's replay comes first,
+        // and a client that is behind would otherwise leave during every
+        // replay and never have a resume confirmed.
         let budget = fastrand::usize(20..150);
         let mut got = 0;
-        while got < budget && c.seqs.len() < want {
+        let mut confirmed = false;
+        while (got < budget || !confirmed) && c.seqs.len() < want {
             let left = deadline.saturating_duration_since(Instant::now());
             let next = tokio::time::timeout(left.min(Duration::from_secs(10)), ws.next()).await;
             let text = match next {
@@ -354,6 +358,7 @@ async fn consume(
                     if !subscribed(&mut c, &v) {
                         break;
                     }
+                    confirmed = true;
                     if let Some(r) = ready.take() {
                         let _ = r.send(());
                     }
