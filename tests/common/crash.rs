@@ -1,8 +1,8 @@
 //! The effectively-once harness, for any source and any durable store.
 //!
 //! A [`Run`] has one producer task per channel, handing numbered events to
-//! herald through a [`Producer`] (HTTP here; a Kafka or RabbitMQ producer
-//! plugs in the same way) and retrying until the source accepted them, and
+//! herald through a [`Producer`] (HTTP here; Kafka and RabbitMQ in
+//! `producers.rs`) and retrying until the source accepted them, and
 //! one client per channel that consumes, drops its connection now and then,
 //! and reconnects with its last id (to the next node when there are
 //! several). The test does its damage while the run goes on (kill -9
