@@ -17,6 +17,8 @@ use common::producers::KafkaProducer;
 use common::unique;
 
 const PARTITIONS: i32 = 3;
+/// After each batch of 10 events per channel: about 15 s of production.
+const PACE: Duration = Duration::from_millis(300);
 
 /// A herald process on `topic` with a disk store in its own directory.
 fn start(source: &herald::source::kafka::KafkaSourceConfig) -> Process {
@@ -34,14 +36,19 @@ async fn kill_9_twice_mid_stream_loses_nothing_and_duplicates_nothing() {
     let kafka = Kafka::shared();
     let topic = unique("durable");
     kafka.create_topic(&topic, PARTITIONS).await;
-    let source = kafka::source(&kafka.brokers, &[&topic], &unique("g"));
+    let mut source = kafka::source(&kafka.brokers, &[&topic], &unique("g"));
+    // Commits every second rather than every 5 s: each run commits before
+    // it is killed, and what comes back is about the last second's tail.
+    source
+        .properties
+        .insert("auto.commit.interval.ms".into(), "1000".into());
     let mut herald = start(&source);
     assert!(
         herald.wait_ready(200, Duration::from_secs(30)).await,
         "herald joined its group:\n{}",
         herald.log()
     );
-    let producer = Arc::new(KafkaProducer::new(&kafka.brokers, &topic, PARTITIONS));
+    let producer = Arc::new(KafkaProducer::new(&kafka.brokers, &topic, PARTITIONS).paced(PACE));
     let report = kill_9_during(&mut herald, &Scenario::brokers(), producer, &[0.25, 0.6]).await;
     // The last run consumed again what the second kill left uncommitted
     // and appended none of it twice.

@@ -22,6 +22,8 @@ use common::redis_server::{self, SHARED_URL};
 use common::unique;
 
 const PARTITIONS: i32 = 3;
+/// After each batch of 10 events per channel: about 15 s of production.
+const PACE: Duration = Duration::from_millis(300);
 
 /// Partitions of `topic` with a consumer-lag gauge on `node`.
 async fn lag_partitions(node: &Process, topic: &str) -> BTreeSet<i32> {
@@ -74,7 +76,12 @@ async fn a_node_killed_mid_stream_hands_its_partitions_over_without_loss_or_dupl
     let kafka = Kafka::shared();
     let topic = unique("two-nodes");
     kafka.create_topic(&topic, PARTITIONS).await;
-    let source = kafka::source(&kafka.brokers, &[&topic], &unique("g"));
+    let mut source = kafka::source(&kafka.brokers, &[&topic], &unique("g"));
+    // Commits every second rather than every 5 s: each run commits before
+    // it is killed, and what comes back is about the last second's tail.
+    source
+        .properties
+        .insert("auto.commit.interval.ms".into(), "1000".into());
     let prefix = redis_server::prefix();
     let config = format!(
         "[store]\nkind = \"redis\"\nurl = \"{SHARED_URL}\"\nkey_prefix = \"{prefix}\"\n[delivery]\nqueue_capacity = 4096\n{}",
@@ -90,7 +97,7 @@ async fn a_node_killed_mid_stream_hands_its_partitions_over_without_loss_or_dupl
         );
     }
     let scenario = Scenario::brokers();
-    let producer = Arc::new(KafkaProducer::new(&kafka.brokers, &topic, PARTITIONS));
+    let producer = Arc::new(KafkaProducer::new(&kafka.brokers, &topic, PARTITIONS).paced(PACE));
     let ws = |p: &Process| format!("ws://127.0.0.1:{}/notifications", p.port);
     // Half the clients start on each node.
     let run = Run::start(&scenario, &unique("user"), producer, vec![ws(&a), ws(&b)]).await;

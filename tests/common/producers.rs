@@ -3,6 +3,8 @@
 //! producers go on, and the broker redelivers what herald had not
 //! acknowledged.
 
+use std::time::Duration;
+
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -20,6 +22,7 @@ pub struct KafkaProducer {
     producer: FutureProducer,
     topic: String,
     partitions: i32,
+    pause: Duration,
 }
 
 impl KafkaProducer {
@@ -28,7 +31,17 @@ impl KafkaProducer {
             producer: super::kafka::producer(brokers),
             topic: topic.to_string(),
             partitions,
+            pause: Duration::ZERO,
         }
+    }
+
+    /// Wait `pause` after each batch. A broker takes events far faster
+    /// than herald delivers them; spread over the run, they keep herald
+    /// consuming live traffic when it is killed, so there is always an
+    /// appended but uncommitted tail for the broker to redeliver.
+    pub fn paced(mut self, pause: Duration) -> Self {
+        self.pause = pause;
+        self
     }
 
     fn partition(&self, channel: &str) -> i32 {
@@ -64,6 +77,7 @@ impl Producer for KafkaProducer {
                     panic!("produce to {}/{partition} failed: {e}", self.topic);
                 }
             }
+            tokio::time::sleep(self.pause).await;
         }
         .boxed()
     }

@@ -445,20 +445,14 @@ impl ConsumerCtx {
         };
         // librdkafka keeps reporting a lag for partitions it no longer
         // fetches (computed from stale offsets): only held ones count.
-        let held: HashSet<(String, i32)> = {
-            let parts = lock(&self.partitions);
-            parts
-                .by_topic
-                .iter()
-                .flat_map(|(topic, ws)| ws.keys().map(move |p| (topic.clone(), *p)))
-                .collect()
-        };
+        let parts = lock(&self.partitions);
         let mut now = HashSet::new();
         for (topic, t) in &stats.topics {
+            let held = parts.by_topic.get(topic);
             for p in t.partitions.values() {
                 if p.partition >= 0
                     && p.consumer_lag >= 0
-                    && held.contains(&(topic.clone(), p.partition))
+                    && held.is_some_and(|ws| ws.contains_key(&p.partition))
                 {
                     run.shared
                         .metrics
@@ -467,6 +461,7 @@ impl ConsumerCtx {
                 }
             }
         }
+        drop(parts);
         let mut lag = lock(&self.lag);
         for (topic, partition) in lag.difference(&now) {
             run.shared
