@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::amqp::{Created, amqp_url};
 use common::process::Process;
 use common::{Client, Herald, unique};
 use futures_util::StreamExt;
@@ -22,7 +23,7 @@ use herald::source::SourceConfig;
 use herald::source::amqp::{AmqpBinding, AmqpSourceConfig};
 use lapin::options::{
     BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{
@@ -35,10 +36,6 @@ use tokio::task::JoinSet;
 
 /// Bound of every wait in these tests.
 const WAIT: Duration = Duration::from_secs(30);
-
-fn amqp_url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
 
 const RULES: &str = r#"
 rules:
@@ -62,53 +59,6 @@ rules:
       channel: "{{ event.channel }}"
       title: "{{ event.no_such_field }}"
 "#;
-
-/// Queues and exchanges a test created; deleted on drop, even on panic.
-#[derive(Default)]
-struct Created {
-    queues: Vec<String>,
-    exchanges: Vec<String>,
-}
-
-impl Drop for Created {
-    fn drop(&mut self) {
-        let queues = std::mem::take(&mut self.queues);
-        let exchanges = std::mem::take(&mut self.exchanges);
-        if queues.is_empty() && exchanges.is_empty() {
-            return;
-        }
-        // A runtime of its own: this may run while a test's runtime unwinds.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let Ok(conn) =
-                    Connection::connect(&amqp_url(), ConnectionProperties::default()).await
-                else {
-                    return;
-                };
-                for q in queues {
-                    if let Ok(ch) = conn.create_channel().await {
-                        let _ = ch
-                            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
-                            .await;
-                    }
-                }
-                for e in exchanges {
-                    if let Ok(ch) = conn.create_channel().await {
-                        let _ = ch
-                            .exchange_delete(e.as_str().into(), ExchangeDeleteOptions::default())
-                            .await;
-                    }
-                }
-                let _ = conn.close(200, "cleanup".into()).await;
-            });
-        })
-        .join();
-    }
-}
 
 /// A test's own connection to the broker: publishes with confirms,
 /// inspects queues.

@@ -1,8 +1,8 @@
 //! The effectively-once harness, for any source and any durable store.
 //!
 //! A [`Run`] has one producer task per channel, handing numbered events to
-//! herald through a [`Producer`] (HTTP here; a Kafka or RabbitMQ producer
-//! plugs in the same way) and retrying until the source accepted them, and
+//! herald through a [`Producer`] (HTTP here; Kafka and RabbitMQ in
+//! `producers.rs`) and retrying until the source accepted them, and
 //! one client per channel that consumes, drops its connection now and then,
 //! and reconnects with its last id (to the next node when there are
 //! several). The test does its damage while the run goes on (kill -9
@@ -21,6 +21,8 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
+
+use super::process::Process;
 
 /// Hands events to one of herald's sources.
 pub trait Producer: Send + Sync + 'static {
@@ -52,15 +54,52 @@ pub struct Scenario {
 }
 
 impl Scenario {
+    /// The broker sources' runs: 8 users × 500 events, 10 per batch.
+    pub fn brokers() -> Self {
+        Self {
+            channels: 8,
+            per_channel: 500,
+            batch: 10,
+            within: Duration::from_secs(120),
+        }
+    }
+
     pub fn total(&self) -> usize {
         self.channels * self.per_channel
     }
+}
+
+/// Run `scenario` against one herald process whose source is fed by
+/// `producer`; kill it with SIGKILL and restart it on the same
+/// configuration once the clients received each fraction of `kill_at`
+/// (so herald, not only the producer, is mid-stream: appends in flight,
+/// acknowledgements not yet sent). Checks exactly-once and that every
+/// event was produced; the report.
+pub async fn kill_9_during(
+    herald: &mut Process,
+    scenario: &Scenario,
+    producer: Arc<dyn Producer>,
+    kill_at: &[f64],
+) -> Report {
+    let ws = format!("ws://127.0.0.1:{}/notifications", herald.port);
+    let run = Run::start(scenario, &super::unique("user"), producer, vec![ws]).await;
+    for &fraction in kill_at {
+        run.wait_received(fraction).await;
+        herald.kill9();
+        herald.restart();
+    }
+    let report = run.finish().await;
+    report.assert_exactly_once(&herald.log());
+    assert_eq!(report.produced, scenario.total());
+    report
 }
 
 /// A run in progress.
 pub struct Run {
     scenario: Scenario,
     produced: Arc<AtomicUsize>,
+    /// Notifications the clients received so far.
+    received: Arc<AtomicUsize>,
     producers: Vec<JoinHandle<()>>,
     consumers: Vec<JoinHandle<Consumed>>,
     deadline: Instant,
@@ -82,6 +121,7 @@ impl Run {
             .collect();
         let mut consumers = Vec::new();
         let mut ready = Vec::new();
+        let received = Arc::new(AtomicUsize::new(0));
         for (i, channel) in channels.iter().enumerate() {
             let (tx, rx) = oneshot::channel();
             ready.push(rx);
@@ -93,6 +133,7 @@ impl Run {
                 scenario.per_channel,
                 deadline,
                 tx,
+                received.clone(),
             )));
         }
         for rx in ready {
@@ -123,6 +164,7 @@ impl Run {
         Self {
             scenario: scenario.clone(),
             produced,
+            received,
             producers,
             consumers,
             deadline,
@@ -142,6 +184,20 @@ impl Run {
                 Instant::now() < self.deadline,
                 "only {} of {want} events accepted before the deadline",
                 self.produced()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until the clients received at least `fraction` of all events
+    /// (for damage done while herald, not the producer, is mid-stream).
+    pub async fn wait_received(&self, fraction: f64) {
+        let want = (self.scenario.total() as f64 * fraction) as usize;
+        while self.received.load(Ordering::Relaxed) < want {
+            assert!(
+                Instant::now() < self.deadline,
+                "clients received only {} of {want} events before the deadline",
+                self.received.load(Ordering::Relaxed)
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -252,6 +308,7 @@ async fn consume(
     want: usize,
     deadline: Instant,
     ready: oneshot::Sender<()>,
+    received: Arc<AtomicUsize>,
 ) -> Consumed {
     let mut c = Consumed {
         channel: channel.clone(),
@@ -278,9 +335,13 @@ async fn consume(
             c.reconnects += 1;
         }
         // Drop the connection by choice now and then, as real clients do.
+        // Not before `subscribed`, though: a resume's replay comes first,
+        // and a client that is behind would otherwise leave during every
+        // replay and never have a resume confirmed.
         let budget = fastrand::usize(20..150);
         let mut got = 0;
-        while got < budget && c.seqs.len() < want {
+        let mut confirmed = false;
+        while (got < budget || !confirmed) && c.seqs.len() < want {
             let left = deadline.saturating_duration_since(Instant::now());
             let next = tokio::time::timeout(left.min(Duration::from_secs(10)), ws.next()).await;
             let text = match next {
@@ -297,12 +358,14 @@ async fn consume(
                     if !subscribed(&mut c, &v) {
                         break;
                     }
+                    confirmed = true;
                     if let Some(r) = ready.take() {
                         let _ = r.send(());
                     }
                 }
                 Some("notification") => {
                     notification(&mut c, &v);
+                    received.fetch_add(1, Ordering::Relaxed);
                     got += 1;
                 }
                 Some("error") if v["code"] == "unavailable" => {

@@ -75,6 +75,18 @@ pub fn source_toml(c: &KafkaSourceConfig) -> String {
     t
 }
 
+/// A producer for tests: one message per batch (see above), and order
+/// kept per partition across retries (the outage test).
+pub fn producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("batch.num.messages", "1")
+        .set("linger.ms", "0")
+        .set("enable.idempotence", "true")
+        .create()
+        .expect("producer")
+}
+
 /// Admin and producer clients for one broker.
 pub struct Kafka {
     pub brokers: String,
@@ -88,18 +100,10 @@ impl Kafka {
             .set("bootstrap.servers", brokers)
             .create()
             .expect("admin client");
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("batch.num.messages", "1")
-            .set("linger.ms", "0")
-            // Keeps per-partition order across retries (the outage test).
-            .set("enable.idempotence", "true")
-            .create()
-            .expect("producer");
         Self {
             brokers: brokers.to_string(),
             admin,
-            producer,
+            producer: producer(brokers),
         }
     }
 

@@ -3,9 +3,11 @@
 //! JSON frames with timeouts (a test never hangs on a missing frame).
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
+pub mod amqp;
 pub mod crash;
 pub mod kafka;
 pub mod process;
+pub mod producers;
 pub mod redis_server;
 
 use std::time::Duration;
@@ -134,14 +136,20 @@ impl Herald {
     /// The value of one metric line (`name{labels}`), 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
         let (_, text) = self.get("/metrics").await;
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+        metric_value(&text, series)
     }
 
     pub async fn stop(self) {
         self.running.shutdown().await;
     }
+}
+
+/// The value of one metric line (`name{labels}`) in a `/metrics` text, 0
+/// when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// A WebSocket client reading one JSON object per text frame.

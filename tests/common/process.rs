@@ -107,6 +107,21 @@ impl Process {
         format!("ws://127.0.0.1:{}/notifications?{query}", self.port)
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.base()))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .unwrap_or_default()
+    }
+
+    /// The value of one metric line (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        super::metric_value(&self.metrics().await, series)
+    }
+
     /// Everything herald logged so far (across restarts).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

@@ -75,6 +75,8 @@ pub(super) struct ConsumerCtx {
     finished_tx: std_mpsc::Sender<u64>,
     finished_rx: Mutex<std_mpsc::Receiver<u64>>,
     /// Lag gauges set, to remove those of partitions no longer assigned.
+    /// Invariant: only partitions with a live worker (held by this member)
+    /// have a gauge.
     lag: Mutex<HashSet<(String, i32)>>,
     health: Mutex<Health>,
 }
@@ -321,6 +323,8 @@ impl ConsumerCtx {
         for w in &stopped {
             w.drain.cancel();
         }
+        // Their lag is another member's to report from now on.
+        self.forget_lag(stopped.iter().map(|w| (&*w.topic, w.partition)));
         let mut waiting: HashSet<u64> = stopped.iter().map(|w| w.id).collect();
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         {
@@ -439,10 +443,17 @@ impl ConsumerCtx {
         let Some(run) = self.run.get() else {
             return;
         };
+        // librdkafka keeps reporting a lag for partitions it no longer
+        // fetches (computed from stale offsets): only held ones count.
+        let parts = lock(&self.partitions);
         let mut now = HashSet::new();
         for (topic, t) in &stats.topics {
+            let held = parts.by_topic.get(topic);
             for p in t.partitions.values() {
-                if p.partition >= 0 && p.consumer_lag >= 0 {
+                if p.partition >= 0
+                    && p.consumer_lag >= 0
+                    && held.is_some_and(|ws| ws.contains_key(&p.partition))
+                {
                     run.shared
                         .metrics
                         .kafka_lag(&self.group, topic, p.partition, p.consumer_lag);
@@ -450,6 +461,7 @@ impl ConsumerCtx {
                 }
             }
         }
+        drop(parts);
         let mut lag = lock(&self.lag);
         for (topic, partition) in lag.difference(&now) {
             run.shared
@@ -457,6 +469,21 @@ impl ConsumerCtx {
                 .kafka_lag_remove(&self.group, topic, *partition);
         }
         *lag = now;
+    }
+
+    /// Remove the lag gauges of `partitions`.
+    fn forget_lag<'a>(&self, partitions: impl Iterator<Item = (&'a str, i32)>) {
+        let Some(run) = self.run.get() else {
+            return;
+        };
+        let mut lag = lock(&self.lag);
+        for (topic, partition) in partitions {
+            if lag.remove(&(topic.to_string(), partition)) {
+                run.shared
+                    .metrics
+                    .kafka_lag_remove(&self.group, topic, partition);
+            }
+        }
     }
 }
 
