@@ -245,6 +245,8 @@ group_id = "{topic}-run{run}"
         )
         .args(["serve", "--config"])
         .arg(&config)
+        // herald reads HERALD_* as its configuration.
+        .env_remove("HERALD_BIN")
         .stdout(Stdio::null())
         .spawn()?,
     );
