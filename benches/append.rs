@@ -29,6 +29,9 @@ use herald::metrics::Metrics;
 use herald::store::NewNotification;
 use serde_json::json;
 
+#[path = "support/redis_prefix.rs"]
+mod support;
+
 const SOURCES: usize = 8;
 const DEFAULT_WINDOW: usize = 64;
 const DEFAULT_CHANNELS: usize = 1000;
@@ -260,36 +263,7 @@ async fn ingest_bench(kind: StoreKind, events: usize, runs: usize, channels: usi
 }
 
 async fn cleanup(prefix: &str) {
-    let Ok(client) = redis::Client::open(REDIS_URL) else {
-        return;
-    };
-    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
-        return;
-    };
-    let mut cursor = 0u64;
-    loop {
-        let Ok((next, keys)) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async::<(u64, Vec<String>)>(&mut conn)
-            .await
-        else {
-            return;
-        };
-        if !keys.is_empty() {
-            let _ = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async::<()>(&mut conn)
-                .await;
-        }
-        if next == 0 {
-            return;
-        }
-        cursor = next;
-    }
+    support::delete_prefix(REDIS_URL, prefix).await;
 }
 
 fn report(rows: &[Row]) {

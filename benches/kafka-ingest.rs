@@ -1,19 +1,27 @@
-//! Consumer-only ingest throughput: Kafka → rules → memory store, no
-//! clients (BENCHMARKS.md scenario "ingest", Kafka leg).
+//! Consumer-only ingest throughput: Kafka → rules → store, no clients
+//! (BENCHMARKS.md scenario "ingest", Kafka leg).
 //!
 //!   source scripts/kafka.sh          # a broker at KAFKA_BOOTSTRAP
 //!   cargo bench --bench kafka-ingest -- [EVENTS] [RUNS] [PARTITIONS]
+//!       [--store memory|disk|redis] [--channels N]
 //!
 //! Pre-produces EVENTS (default 200000) small JSON events to a fresh topic
-//! with PARTITIONS (default 3) partitions, then RUNS (default 3) times starts
-//! the release `herald` binary with one Kafka source (a new consumer group,
-//! reading from the beginning, built-in rule, memory store), and polls
-//! `herald_events_total{source="kafka"}` at /metrics every 50 ms: the rate
-//! is the events counted between the first non-zero answer and the answer
-//! reaching EVENTS, over that time, so the group join is not counted.
-//! Prints events/s per run, the median and the spread, and herald's CPU
-//! time (all its threads, librdkafka's included) per event. Not part of the
-//! test suite.
+//! with PARTITIONS (default 3) partitions, their `user_id` spread over N
+//! users (default 1000, the load generator's ingest scenario), so the
+//! built-in rule appends to N channels `user:{id}`. Then RUNS (default 3)
+//! times starts the release `herald` binary with one Kafka source (a new
+//! consumer group, reading from the beginning, built-in rule) and a fresh
+//! store: memory (default), disk (in a temporary directory, removed
+//! afterwards) or redis (127.0.0.1:6379 or REDIS_URL, under a fresh key
+//! prefix, removed afterwards), and polls
+//! `herald_notifications_appended_total` at /metrics every 50 ms (one
+//! notification per event, counted once durable): the rate is the count
+//! between the first non-zero answer and the answer reaching EVENTS, over
+//! that time, so the group join is not counted. Prints events/s per run,
+//! the median and the spread, herald's CPU time (all its threads,
+//! librdkafka's included) per event and, for disk and Redis, notifications
+//! per commit. HERALD_BIN runs another build of herald (say, the one
+//! before a change) with this harness. Not part of the test suite.
 
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
@@ -24,13 +32,25 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 
+#[path = "support/redis_prefix.rs"]
+mod support;
+
 type Error = Box<dyn std::error::Error>;
 
 fn main() -> Result<(), Error> {
-    let args: Vec<String> = std::env::args()
+    let mut args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
+    let store = match take_flag(&mut args, "--store")?.as_deref() {
+        None | Some("memory") => StoreChoice::Memory,
+        Some("disk") => StoreChoice::Disk,
+        Some("redis") => StoreChoice::Redis(
+            std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        ),
+        Some(other) => return Err(format!("--store {other}: memory, disk or redis").into()),
+    };
+    let channels: u64 = take_flag(&mut args, "--channels")?.map_or(Ok(1000), |a| a.parse())?;
     let events: u64 = args.first().map_or(Ok(200_000), |a| a.parse())?;
     let runs: usize = args.get(1).map_or(Ok(3), |a| a.parse())?;
     let partitions: i32 = args.get(2).map_or(Ok(3), |a| a.parse())?;
@@ -40,24 +60,36 @@ fn main() -> Result<(), Error> {
 
     runtime.block_on(create_topic(&brokers, &topic, partitions))?;
     let started = Instant::now();
-    produce(&brokers, &topic, partitions, events)?;
+    produce(&brokers, &topic, partitions, events, channels.max(1))?;
     println!(
-        "produced {events} events to {topic} ({partitions} partitions) in {:.1} s",
+        "produced {events} events for {channels} channels to {topic} ({partitions} partitions) in {:.1} s",
         started.elapsed().as_secs_f64()
     );
 
     let mut rates = Vec::new();
     for run in 1..=runs {
-        let (rate, cpu_us) = runtime.block_on(consume_once(&brokers, &topic, events, run))?;
-        println!("run {run}: {rate:.0} events/s, herald CPU {cpu_us:.2} µs/event");
-        rates.push(rate);
+        let prefix = format!("{topic}-run{run}:");
+        let result = runtime.block_on(consume_once(&brokers, &topic, events, run, &store, &prefix));
+        if let StoreChoice::Redis(url) = &store {
+            runtime.block_on(support::delete_prefix(url, &prefix));
+        }
+        let r = result?;
+        let group = r.per_commit.map_or(String::new(), |g| {
+            format!(", {g:.0} notifications per commit")
+        });
+        println!(
+            "run {run}: {:.0} events/s, herald CPU {:.2} µs/event{group}",
+            r.rate, r.cpu_us
+        );
+        rates.push(r.rate);
     }
     rates.sort_by(f64::total_cmp);
     let median = rates[rates.len() / 2];
     println!(
-        "median {median:.0} events/s (min {:.0}, max {:.0}) over {runs} runs, {events} events, {partitions} partitions",
+        "median {median:.0} events/s (min {:.0}, max {:.0}) over {runs} runs, {events} events, {partitions} partitions, {channels} channels, {} store",
         rates[0],
-        rates[rates.len() - 1]
+        rates[rates.len() - 1],
+        store.name()
     );
     runtime.block_on(async {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -67,6 +99,49 @@ fn main() -> Result<(), Error> {
         Ok::<_, Error>(())
     })?;
     Ok(())
+}
+
+/// Where the runs keep their notifications.
+enum StoreChoice {
+    Memory,
+    Disk,
+    Redis(String),
+}
+
+impl StoreChoice {
+    fn name(&self) -> &'static str {
+        match self {
+            StoreChoice::Memory => "memory",
+            StoreChoice::Disk => "disk",
+            StoreChoice::Redis(_) => "redis",
+        }
+    }
+
+    /// The `[store]` section of one run's configuration.
+    fn section(&self, dir: &std::path::Path, prefix: &str) -> String {
+        match self {
+            StoreChoice::Memory => String::new(),
+            StoreChoice::Disk => {
+                format!("[store]\nkind = \"disk\"\npath = {:?}\n", dir.join("store"))
+            }
+            StoreChoice::Redis(url) => {
+                format!("[store]\nkind = \"redis\"\nurl = {url:?}\nkey_prefix = {prefix:?}\n")
+            }
+        }
+    }
+}
+
+/// Remove `--name VALUE` from `args` and return VALUE.
+fn take_flag(args: &mut Vec<String>, name: &str) -> Result<Option<String>, Error> {
+    let Some(i) = args.iter().position(|a| a == name) else {
+        return Ok(None);
+    };
+    if i + 1 >= args.len() {
+        return Err(format!("{name} needs a value").into());
+    }
+    let value = args.remove(i + 1);
+    args.remove(i);
+    Ok(Some(value))
 }
 
 async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(), Error> {
@@ -80,7 +155,13 @@ async fn create_topic(brokers: &str, topic: &str, partitions: i32) -> Result<(),
     Ok(())
 }
 
-fn produce(brokers: &str, topic: &str, partitions: i32, events: u64) -> Result<(), Error> {
+fn produce(
+    brokers: &str,
+    topic: &str,
+    partitions: i32,
+    events: u64,
+    channels: u64,
+) -> Result<(), Error> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "20")
@@ -90,7 +171,7 @@ fn produce(brokers: &str, topic: &str, partitions: i32, events: u64) -> Result<(
     for i in 0..events {
         let payload = format!(
             r#"{{"type":"order.shipped","user_id":{},"title":"Order {i} shipped","body":"Arriving Friday"}}"#,
-            i % 1000
+            i % channels
         );
         let mut record = BaseRecord::<(), String>::to(topic)
             .payload(&payload)
@@ -112,14 +193,27 @@ fn produce(brokers: &str, topic: &str, partitions: i32, events: u64) -> Result<(
     Ok(())
 }
 
-/// One herald run; events/s from the first consumed event to the last, and
-/// herald's CPU time per event.
+/// What one herald run measured.
+struct Run {
+    /// Events durable per second.
+    rate: f64,
+    /// herald's CPU time per event, µs.
+    cpu_us: f64,
+    /// Notifications per store commit (disk, Redis).
+    per_commit: Option<f64>,
+}
+
+/// One herald run: events/s from the first appended notification to the
+/// last (the built-in rule makes one per event), herald's CPU time per
+/// event, and the group size.
 async fn consume_once(
     brokers: &str,
     topic: &str,
     events: u64,
     run: usize,
-) -> Result<(f64, f64), Error> {
+    store: &StoreChoice,
+    prefix: &str,
+) -> Result<Run, Error> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("herald.toml");
     let port = {
@@ -142,20 +236,25 @@ group_id = "{topic}-run{run}"
 "auto.offset.reset" = "earliest"
 "session.timeout.ms" = "6000"
 "max.poll.interval.ms" = "10000"
-"#
+{}"#,
+        store.section(dir.path(), prefix)
     )?;
     let mut herald = Guard(
-        Command::new(env!("CARGO_BIN_EXE_herald"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .spawn()?,
+        Command::new(
+            std::env::var_os("HERALD_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_herald").into()),
+        )
+        .args(["serve", "--config"])
+        .arg(&config)
+        // herald reads HERALD_* as its configuration.
+        .env_remove("HERALD_BIN")
+        .stdout(Stdio::null())
+        .spawn()?,
     );
     let pid = herald.0.id();
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let deadline = Instant::now() + Duration::from_secs(600);
-    let mut first: Option<(Instant, f64, u64)> = None;
+    let mut first: Option<(Instant, f64, u64, u64)> = None;
     loop {
         if Instant::now() > deadline {
             return Err("herald did not consume every event within 10 minutes".into());
@@ -163,15 +262,21 @@ group_id = "{topic}-run{run}"
         if let Some(status) = herald.0.try_wait()? {
             return Err(format!("herald exited: {status}").into());
         }
-        let count = match http.get(&url).send().await {
-            Ok(res) => events_total(&res.text().await?),
-            Err(_) => 0,
+        let (count, commits) = match http.get(&url).send().await {
+            Ok(res) => {
+                let text = res.text().await?;
+                (
+                    counter(&text, "herald_notifications_appended_total"),
+                    counter(&text, "herald_store_commits_total"),
+                )
+            }
+            Err(_) => (0, 0),
         };
         if count > 0 && first.is_none() {
-            first = Some((Instant::now(), cpu_seconds(pid)?, count));
+            first = Some((Instant::now(), cpu_seconds(pid)?, count, commits));
         }
         if count >= events {
-            let (t0, cpu0, count0) = first.ok_or("no start")?;
+            let (t0, cpu0, count0, commits0) = first.ok_or("no start")?;
             // Counted from the first observation, so a late first answer
             // from /metrics does not inflate the rate.
             let counted = (count - count0) as f64;
@@ -183,16 +288,22 @@ group_id = "{topic}-run{run}"
             }
             let elapsed = t0.elapsed().as_secs_f64();
             let cpu = cpu_seconds(pid)? - cpu0;
-            return Ok((counted / elapsed, cpu * 1e6 / counted));
+            let per_commit = (commits > commits0).then(|| counted / (commits - commits0) as f64);
+            return Ok(Run {
+                rate: counted / elapsed,
+                cpu_us: cpu * 1e6 / counted,
+                per_commit,
+            });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-fn events_total(metrics: &str) -> u64 {
+/// The value of an unlabelled counter in a /metrics answer (0 when absent).
+fn counter(metrics: &str, name: &str) -> u64 {
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix(r#"herald_events_total{source="kafka"} "#))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
 }

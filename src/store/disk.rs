@@ -30,15 +30,25 @@
 //! the database cannot miss a notification between the two. Older history
 //! is read from the database on the blocking pool.
 //!
+//! Dedupe window: a key counts as a duplicate while its offset is one of
+//! the channel's newest `dedupe_window` offsets (`offset > last - window`),
+//! exactly the keys the memory store remembers. Rows that fell out of the
+//! window are only ignored at first; once a channel has a window's worth
+//! of them, the writer sweeps them away in the background, at most
+//! `SWEEP_BUDGET` deletions per transaction, like retention by age. So an
+//! append writes one row in `entries` and one in `dedupe`, and no
+//! per-append eviction.
+//!
 //! Layout (tables): `meta` (format, epoch), `counters` (next channel id),
-//! `channels` (name → id, last offset), `entries` ((id, offset) → (time,
-//! fields)), `dedupe` ((id, key) → offset), `dedupe_order` ((id, offset) →
-//! key: evicts the oldest key once the window is full), `heads` ((time of
-//! the oldest retained entry, id): what retention by age visits; may be
-//! older than the real head after count trims, never newer).
+//! `channels` (name → id, last offset, swept: every `dedupe` row of the
+//! channel at or below it is gone), `entries` ((id, offset) → (time,
+//! fields)), `dedupe` ((id, key) → offset), `heads` ((time of the oldest
+//! retained entry, id): what retention by age visits; may be older than
+//! the real head after count trims, never newer).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -56,15 +66,14 @@ use crate::metrics::Metrics;
 
 const META: TableDefinition<'static, &str, &str> = TableDefinition::new("meta");
 const COUNTERS: TableDefinition<'static, &str, u64> = TableDefinition::new("counters");
-const CHANNELS: TableDefinition<'static, &str, (u64, u64)> = TableDefinition::new("channels");
+const CHANNELS: TableDefinition<'static, &str, (u64, u64, u64)> = TableDefinition::new("channels");
 const ENTRIES: TableDefinition<'static, (u64, u64), (u64, &str)> = TableDefinition::new("entries");
 const DEDUPE: TableDefinition<'static, (u64, &str), u64> = TableDefinition::new("dedupe");
-const DEDUPE_ORDER: TableDefinition<'static, (u64, u64), &str> =
-    TableDefinition::new("dedupe_order");
 const HEADS: TableDefinition<'static, (u64, u64), ()> = TableDefinition::new("heads");
 
-/// The on-disk layout version; another one is refused at start.
-const FORMAT: &str = "1";
+/// The on-disk layout version; another one is refused at start. Version 1
+/// kept a `dedupe_order` table and no sweep point per channel.
+const FORMAT: &str = "2";
 /// The database file inside `store.path`.
 pub const FILE_NAME: &str = "herald.redb";
 const NEXT_ID: &str = "next_channel_id";
@@ -76,6 +85,10 @@ const MAX_GROUP: usize = 4096;
 const TRIM_BUDGET: usize = 4096;
 /// Channels retention by age visits in one transaction.
 const TRIM_HEADS: usize = 256;
+/// Most stale dedupe rows the sweep deletes in one transaction.
+const SWEEP_BUDGET: usize = 4096;
+/// Most dedupe rows the sweep reads in one transaction.
+const SWEEP_SCAN: usize = 4 * SWEEP_BUDGET;
 /// redb's page cache.
 const CACHE_BYTES: usize = 64 << 20;
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
@@ -209,6 +222,8 @@ impl DiskStore {
             max_per_channel: config.max_per_channel.max(1) as u64,
             dedupe_window: config.dedupe_window.max(1) as u64,
             trim: None,
+            sweeps: VecDeque::new(),
+            sweeping: HashSet::new(),
             broken: None,
         };
         let handle = std::thread::Builder::new()
@@ -256,7 +271,8 @@ fn initialize(db: &Database) -> Result<(String, u64), redb::Error> {
         let found = match (format, epoch) {
             (Some(format), _) if format != FORMAT => {
                 return Err(redb::Error::Corrupted(format!(
-                    "layout version {format}, this herald reads version {FORMAT}"
+                    "layout version {format}, this herald reads version {FORMAT} only \
+                     (move the file away to start an empty store)"
                 )));
             }
             (Some(_), Some(epoch)) => epoch,
@@ -274,7 +290,6 @@ fn initialize(db: &Database) -> Result<(String, u64), redb::Error> {
         txn.open_table(CHANNELS)?;
         txn.open_table(ENTRIES)?;
         txn.open_table(DEDUPE)?;
-        txn.open_table(DEDUPE_ORDER)?;
         txn.open_table(HEADS)?;
         (found, next_id)
     };
@@ -298,7 +313,7 @@ fn read_disk(
         last: 0,
         entries: Vec::new(),
     };
-    let Some((id, last)) = txn.open_table(CHANNELS)?.get(channel)?.map(|v| v.value()) else {
+    let Some((id, last, _)) = txn.open_table(CHANNELS)?.get(channel)?.map(|v| v.value()) else {
         return Ok(page);
     };
     let entries = txn.open_table(ENTRIES)?;
@@ -397,7 +412,27 @@ struct Meta {
     id: u64,
     first: u64,
     last: u64,
+    /// Every dedupe row at or below this offset is deleted.
+    swept: u64,
     name_json: Arc<str>,
+}
+
+impl Meta {
+    /// Dedupe rows at or below this offset are out of the window.
+    fn stale_below(&self, window: u64) -> u64 {
+        self.last.saturating_sub(window)
+    }
+}
+
+/// A sweep of a channel's stale dedupe rows in progress.
+#[derive(Debug, Clone)]
+struct Sweep {
+    name: Arc<str>,
+    id: u64,
+    /// Rows at or below this offset go.
+    cutoff: u64,
+    /// The key the next slice starts at; `None` from the beginning.
+    from: Option<String>,
 }
 
 /// Retention by age in progress.
@@ -422,6 +457,11 @@ struct Outcome {
     trimmed_by_age: usize,
     /// Whether retention by age has nothing more to do for its cutoff.
     trim_done: bool,
+    /// Where the sweep at the front of the queue got to; `None` when it
+    /// did not run.
+    swept: Option<Sweep>,
+    /// Whether that sweep is finished.
+    sweep_done: bool,
 }
 
 /// The writer thread: the only one that writes the database.
@@ -435,6 +475,10 @@ struct Writer {
     max_per_channel: u64,
     dedupe_window: u64,
     trim: Option<PendingTrim>,
+    /// Channels whose stale dedupe rows are to be swept, oldest first.
+    sweeps: VecDeque<Sweep>,
+    /// The ids in `sweeps`.
+    sweeping: HashSet<u64>,
     /// Set when a commit failed: the database must be reopened.
     broken: Option<Instant>,
 }
@@ -442,7 +486,8 @@ struct Writer {
 impl Writer {
     fn run(mut self) {
         loop {
-            let group = if self.trim.is_some() {
+            // Background work left: take what is queued without waiting.
+            let group = if self.trim.is_some() || !self.sweeps.is_empty() {
                 self.rx.try_group(MAX_GROUP)
             } else {
                 match self.rx.blocking_next_group(MAX_GROUP) {
@@ -475,7 +520,7 @@ impl Writer {
                 Item::Close(done) => close = Some(done),
             }
         }
-        if !appends.is_empty() || self.trim.is_some() {
+        if !appends.is_empty() || self.trim.is_some() || !self.sweeps.is_empty() {
             match self.commit(&appends) {
                 Ok(outcome) => self.apply(appends, outcome),
                 Err(e) => self.failed(appends, &e),
@@ -555,7 +600,6 @@ impl Writer {
             let mut channels = txn.open_table(CHANNELS)?;
             let mut entries = txn.open_table(ENTRIES)?;
             let mut dedupe = txn.open_table(DEDUPE)?;
-            let mut order = txn.open_table(DEDUPE_ORDER)?;
             let mut heads = txn.open_table(HEADS)?;
             for request in appends {
                 let mut results = Vec::with_capacity(request.batch.len());
@@ -565,26 +609,22 @@ impl Writer {
                         continue; // stage() just inserted it
                     };
                     let id = meta.id;
-                    if let Some(offset) = dedupe.get((id, n.dedupe_key.as_str()))? {
+                    let seen = dedupe
+                        .get((id, n.dedupe_key.as_str()))?
+                        .map(|v| v.value())
+                        .filter(|&offset| offset > meta.stale_below(self.dedupe_window));
+                    if let Some(offset) = seen {
                         results.push(Appended {
                             channel: name.clone(),
-                            offset: offset.value(),
+                            offset,
                             duplicate: true,
                         });
                         continue;
                     }
                     let offset = meta.last + 1;
                     entries.insert((id, offset), (request.at_ms, n.fields.as_str()))?;
+                    // Replaces a stale row of the same key, if any.
                     dedupe.insert((id, n.dedupe_key.as_str()), offset)?;
-                    order.insert((id, offset), n.dedupe_key.as_str())?;
-                    if offset > self.dedupe_window {
-                        let evicted = order
-                            .remove((id, offset - self.dedupe_window))?
-                            .map(|k| k.value().to_string());
-                        if let Some(key) = evicted {
-                            dedupe.remove((id, key.as_str()))?;
-                        }
-                    }
                     if meta.first > meta.last {
                         // The channel was empty: retention by age must visit it.
                         heads.insert((request.at_ms, id), ())?;
@@ -614,8 +654,9 @@ impl Writer {
             if let Some(cutoff) = self.trim.as_ref().map(|t| t.cutoff_ms) {
                 out.trim_done = self.trim_slice(&mut out, cutoff, &mut entries, &mut heads)?;
             }
+            self.sweep_slice(&mut out, &mut dedupe)?;
             for (name, meta) in &out.staged {
-                channels.insert(&**name, (meta.id, meta.last))?;
+                channels.insert(&**name, (meta.id, meta.last, meta.swept))?;
             }
             if out.next_id != self.next_id {
                 txn.open_table(COUNTERS)?.insert(NEXT_ID, out.next_id)?;
@@ -630,7 +671,7 @@ impl Writer {
     fn stage(
         &mut self,
         out: &mut Outcome,
-        channels: &redb::Table<'_, &'static str, (u64, u64)>,
+        channels: &redb::Table<'_, &'static str, (u64, u64, u64)>,
         entries: &redb::Table<'_, (u64, u64), (u64, &'static str)>,
         channel: &str,
     ) -> Result<Arc<str>, redb::Error> {
@@ -643,7 +684,7 @@ impl Writer {
                 let name: Arc<str> = channel.into();
                 let name_json: Arc<str> = serde_json::to_string(channel).unwrap_or_default().into();
                 let meta = match channels.get(channel)?.map(|v| v.value()) {
-                    Some((id, last)) => {
+                    Some((id, last, swept)) => {
                         let first = match entries.range((id, 0)..=(id, u64::MAX))?.next() {
                             Some(item) => item?.0.value().1,
                             None => last + 1,
@@ -652,6 +693,7 @@ impl Writer {
                             id,
                             first,
                             last,
+                            swept,
                             name_json,
                         }
                     }
@@ -662,6 +704,7 @@ impl Writer {
                             id,
                             first: 1,
                             last: 0,
+                            swept: 0,
                             name_json,
                         }
                     }
@@ -739,18 +782,57 @@ impl Writer {
                 .or_else(|| out.staged_ids.get(&id))
                 .cloned();
             if let Some(name) = name {
-                let meta = match out.staged.get_mut(&name) {
-                    Some(meta) => meta,
-                    None => match self.loaded.get(&name) {
-                        Some(meta) => out.staged.entry(name.clone()).or_insert(meta.clone()),
-                        None => continue,
-                    },
+                let Some(meta) = restage(out, &self.loaded, &name) else {
+                    continue;
                 };
                 meta.first = head.map_or(meta.last + 1, |(offset, _)| offset);
-                out.firsts.push((name, meta.first));
+                let first = meta.first;
+                out.firsts.push((name, first));
             }
         }
         Ok(done)
+    }
+
+    /// Delete up to `SWEEP_BUDGET` stale dedupe rows of the channel at the
+    /// front of the sweep queue, reading at most `SWEEP_SCAN` rows; when
+    /// its sweep is over, move its sweep point.
+    fn sweep_slice(
+        &mut self,
+        out: &mut Outcome,
+        dedupe: &mut redb::Table<'_, (u64, &'static str), u64>,
+    ) -> Result<(), redb::Error> {
+        let Some(mut sweep) = self.sweeps.front().cloned() else {
+            return Ok(());
+        };
+        let start = match &sweep.from {
+            Some(key) => Bound::Included((sweep.id, key.as_str())),
+            None => Bound::Included((sweep.id, "")),
+        };
+        let end = Bound::Excluded((sweep.id + 1, ""));
+        let mut stale = Vec::new();
+        let mut stopped_at = None;
+        for (scanned, item) in dedupe.range::<(u64, &str)>((start, end))?.enumerate() {
+            let (key, offset) = item?;
+            if scanned == SWEEP_SCAN || stale.len() == SWEEP_BUDGET {
+                stopped_at = Some(key.value().1.to_string());
+                break;
+            }
+            if offset.value() <= sweep.cutoff {
+                stale.push(key.value().1.to_string());
+            }
+        }
+        for key in &stale {
+            dedupe.remove((sweep.id, key.as_str()))?;
+        }
+        out.sweep_done = stopped_at.is_none();
+        sweep.from = stopped_at;
+        if out.sweep_done {
+            if let Some(meta) = restage(out, &self.loaded, &sweep.name) {
+                meta.swept = meta.swept.max(sweep.cutoff);
+            }
+        }
+        out.swept = Some(sweep);
+        Ok(())
     }
 
     /// After the commit: remember, publish in order, answer.
@@ -759,6 +841,31 @@ impl Writer {
         let appended = out.deliveries.len();
         self.next_id = out.next_id;
         self.by_id.extend(out.staged_ids);
+        match out.swept {
+            Some(_) if out.sweep_done => {
+                if let Some(done) = self.sweeps.pop_front() {
+                    self.sweeping.remove(&done.id);
+                }
+            }
+            Some(progress) => {
+                if let Some(front) = self.sweeps.front_mut() {
+                    *front = progress;
+                }
+            }
+            None => {}
+        }
+        // A channel is due once a window's worth of its rows is stale.
+        for (name, meta) in &out.staged {
+            let cutoff = meta.stale_below(self.dedupe_window);
+            if cutoff >= meta.swept + self.dedupe_window && self.sweeping.insert(meta.id) {
+                self.sweeps.push_back(Sweep {
+                    name: name.clone(),
+                    id: meta.id,
+                    cutoff,
+                    from: None,
+                });
+            }
+        }
         self.loaded.extend(out.staged);
         for d in &out.deliveries {
             let Some(cached) = shared.cached(&d.channel) else {
@@ -826,6 +933,10 @@ impl Writer {
         for request in appends {
             let _ = request.reply.send(Err(error.clone()));
         }
+        // Not retried in a loop against a broken disk: a sweep is queued
+        // again when its channel next takes an append.
+        self.sweeps.clear();
+        self.sweeping.clear();
         if let Some(trim) = self.trim.take() {
             self.shared.metrics.store_error("trim");
             for reply in trim.replies {
@@ -833,6 +944,19 @@ impl Writer {
             }
         }
     }
+}
+
+/// `name`'s state in this transaction: staged already, or staged now from
+/// what the writer loaded. `None` for a channel the writer does not know.
+fn restage<'a>(
+    out: &'a mut Outcome,
+    loaded: &HashMap<Arc<str>, Meta>,
+    name: &Arc<str>,
+) -> Option<&'a mut Meta> {
+    if !out.staged.contains_key(name) {
+        out.staged.insert(name.clone(), loaded.get(name)?.clone());
+    }
+    out.staged.get_mut(name)
 }
 
 fn other(e: StoreError) -> std::io::Error {

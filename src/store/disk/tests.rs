@@ -207,3 +207,112 @@ async fn the_dedupe_window_forgets_the_oldest_keys() {
     assert_eq!((group[1].offset, group[1].duplicate), (1, true));
     store.close().await.expect("close");
 }
+
+/// The dedupe rows of `channel` in the database at `dir`, as (key, offset).
+fn dedupe_rows(db: &Database, channel: &str) -> Vec<(String, u64)> {
+    let txn = db.begin_read().expect("read");
+    let (id, _, _) = txn
+        .open_table(CHANNELS)
+        .expect("channels")
+        .get(channel)
+        .expect("get")
+        .expect("channel")
+        .value();
+    txn.open_table(DEDUPE)
+        .expect("dedupe")
+        .range::<(u64, &str)>((id, "")..(id + 1, ""))
+        .expect("range")
+        .map(|item| {
+            let (k, v) = item.expect("row");
+            (k.value().1.to_string(), v.value())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn stale_dedupe_rows_are_swept_and_the_window_stays_exact() {
+    let f = Fixture::new();
+    let store = f.open(1000, 10);
+    for i in 0..100 {
+        store
+            .append(vec![n("a", &format!("k{i}"))])
+            .await
+            .expect("append");
+    }
+    let rows = dedupe_rows(&store.shared.db().expect("db"), "a");
+    assert!(
+        (10..=20).contains(&rows.len()),
+        "at most two windows of rows: {rows:?}"
+    );
+    assert!(rows.iter().all(|(_, offset)| *offset > 80), "{rows:?}");
+    store.close().await.expect("close");
+
+    let store = f.open(1000, 10);
+    // The newest ten keys are duplicates, the eleventh newest is not.
+    for i in 90..100 {
+        let out = store
+            .append(vec![n("a", &format!("k{i}"))])
+            .await
+            .expect("append");
+        assert_eq!((out[0].offset, out[0].duplicate), (i + 1, true));
+    }
+    let out = store.append(vec![n("a", "k89")]).await.expect("append");
+    assert_eq!((out[0].offset, out[0].duplicate), (101, false));
+    // And the key that came back is a duplicate again, at its new offset.
+    let out = store.append(vec![n("a", "k89")]).await.expect("append");
+    assert_eq!((out[0].offset, out[0].duplicate), (101, true));
+    store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_sweep_cut_short_by_a_restart_goes_on_after_it() {
+    let f = Fixture::new();
+    let store = f.open(100_000, 10);
+    let total = SWEEP_SCAN + 2 * SWEEP_BUDGET;
+    let batch: Vec<_> = (0..total).map(|i| n("a", &format!("k{i}"))).collect();
+    // The sweep takes several transactions; the close queued right behind
+    // the append stops the writer after at most one of them.
+    let (appended, closed) = tokio::join!(store.append(batch), store.close());
+    appended.expect("append");
+    closed.expect("close");
+
+    let store = f.open(100_000, 10);
+    let db = store.shared.db().expect("db");
+    assert!(dedupe_rows(&db, "a").len() > 20, "the sweep was cut short");
+    let out = store
+        .append(vec![n("a", &format!("k{}", total - 1)), n("a", "k0")])
+        .await
+        .expect("append");
+    assert!(out[0].duplicate, "in the window");
+    assert_eq!((out[1].offset, out[1].duplicate), (total as u64 + 1, false));
+    // Touching the channel queues its sweep again; it finishes in the
+    // background.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut rows = dedupe_rows(&db, "a");
+    while rows.len() > 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        rows = dedupe_rows(&db, "a");
+    }
+    assert!(rows.len() <= 20, "{} rows left", rows.len());
+    drop(db);
+    store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_database_of_another_layout_is_refused_clearly() {
+    let f = Fixture::new();
+    {
+        let db = Database::create(f.dir.path().join(FILE_NAME)).expect("create");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(META)
+            .expect("meta")
+            .insert("format", "1")
+            .expect("insert");
+        txn.commit().expect("commit");
+    }
+    let err = DiskStore::open(&f.config(10, 10), f.hub.clone(), Arc::new(Metrics::new()))
+        .expect_err("refused");
+    let text = err.to_string();
+    assert!(text.contains("layout version 1"), "{text}");
+    assert!(text.contains("reads version 2"), "{text}");
+}
