@@ -17,7 +17,9 @@
 //   sent to every subscriber (the fast way to broadcast with `ws`);
 // - with `--kafka-*`, a kafkajs consumer (a new group reads the topic from
 //   the beginning) publishes each message's JSON event the same way, batch
-//   by batch: the peer of herald's Kafka source in the e2e scenario;
+//   by batch: the peer of herald's Kafka source in the e2e scenario. It
+//   starts on `POST /consume`, once the generator's clients are connected
+//   (the peer keeps no history for a late client to resume from);
 // - `GET /stats` answers `{"events": N}`, the events published so far (the
 //   generator times a backlog's consumption with it).
 //
@@ -98,6 +100,10 @@ const server = http.createServer((req, res) => {
   if (req.method !== 'POST' || !m) {
     if (url.pathname === '/healthz') return reply(res, 200, { ok: true });
     if (url.pathname === '/stats') return reply(res, 200, { events: published, rejected });
+    if (url.pathname === '/consume' && req.method === 'POST' && startConsumer) {
+      startConsumer();
+      return reply(res, 202, { consuming: true });
+    }
     return reply(res, 404, { error: 'not found' });
   }
   const chunks = [];
@@ -173,6 +179,7 @@ server.listen(port, host, () => {
 // The Kafka consumer: timeouts as herald's bench configuration sets them
 // (a quick group join on Tansu), the topic from its first offset.
 let consumer = null;
+let startConsumer = null;
 if (kafkaBrokers && kafkaTopic && kafkaGroup) {
   const kafka = new kafkajs.Kafka({
     clientId: 'herald-bench-peer',
@@ -207,10 +214,15 @@ if (kafkaBrokers && kafkaTopic && kafkaGroup) {
       },
     });
   };
-  start().catch((e) => {
-    process.stderr.write(`kafka consumer: ${e.stack ?? e}\n`);
-    process.exit(1);
-  });
+  let started = false;
+  startConsumer = () => {
+    if (started) return;
+    started = true;
+    start().catch((e) => {
+      process.stderr.write(`kafka consumer: ${e.stack ?? e}\n`);
+      process.exit(1);
+    });
+  };
 }
 
 const stop = () => {

@@ -97,6 +97,7 @@ async fn deliver(
         }
     }
     let mut list = connect_all(list, 256, opts.timeout()).await?;
+    fixture.release(kind).await?;
     let late = if fixture.backlog() {
         catch_up_late(&mut list, kind).await?
     } else {

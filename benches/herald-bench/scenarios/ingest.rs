@@ -105,6 +105,7 @@ async fn over_http(
 }
 
 async fn from_backlog(opts: &Opts, fixture: &Fixture, kind: Kind, events: u64) -> Result<Figures> {
+    fixture.release(kind).await?;
     let (m, counted) = drain(opts, &fixture.server, kind, events).await?;
     let mut f = Figures::new();
     // A run so short that the first poll saw most of it has no rate.

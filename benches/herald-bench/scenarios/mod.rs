@@ -117,6 +117,22 @@ impl Fixture {
         self.backlog.is_some()
     }
 
+    /// Let the server consume the backlog. herald consumes from the start
+    /// (a client that subscribes late resumes from the channel's start);
+    /// the peer keeps no history, so its consumer waits for this, sent
+    /// once its clients are connected.
+    async fn release(&self, kind: Kind) -> Result<()> {
+        if kind != Kind::Peer || self.backlog.is_none() {
+            return Ok(());
+        }
+        let url = format!("{}/consume", self.server.http_base());
+        let status = reqwest::Client::new().post(&url).send().await?.status();
+        if status.as_u16() != 202 {
+            bail!("POST {url}: {status}");
+        }
+        Ok(())
+    }
+
     async fn stop(self) {
         self.server.stop();
         if let Some(b) = &self.backlog {
