@@ -6,7 +6,7 @@
 # packages, runs each scenario (herald and, where it compares, the Node.js
 # ws peer in the same run), then the criterion micro-benchmarks. Output:
 # target/herald-bench/run-<time>/ (one .txt table and one .json per
-# scenario, the machine's load before and after). Takes about 30 minutes;
+# scenario, the machine's load before and after). Takes about 45 minutes;
 # run it on a quiet machine: the figures are only as good as the quiet.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,8 +37,18 @@ bench reconnect-storm reconnect-storm --pin
 bench slow-consumer slow-consumer --pin
 bench ingest-http ingest --source http --peer --pin
 bench e2e-http e2e --source http --peer --pin --events 100000
-# Once merged: e2e / ingest --source kafka and --source amqp, and ingest
-# with HERALD_STORE__KIND=disk / redis.
+# Brokers for the Kafka and RabbitMQ legs and Redis for the store (each
+# started when none answers, and stopped at exit if started here).
+trap 'for f in kafka_stop_if_started rabbitmq_stop_if_started redis_stop_if_started; do if declare -F "$f" >/dev/null; then "$f"; fi; done' EXIT
+source scripts/kafka.sh
+source scripts/rabbitmq.sh
+source scripts/redis.sh
+bench e2e-kafka e2e --source kafka --peer --pin --events 100000
+bench e2e-amqp e2e --source amqp --pin --events 100000
+for store in memory disk redis; do
+  bench "ingest-kafka-$store" ingest --source kafka --store "$store" --peer --pin
+done
+bench ingest-amqp ingest --source amqp --pin
 
 cargo bench --locked --bench rules -- --warm-up-time 1 --measurement-time 3 | tee "$out/criterion-rules.txt"
 cargo bench --locked --bench store -- --warm-up-time 1 --measurement-time 3 | tee "$out/criterion-store.txt"

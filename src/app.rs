@@ -120,7 +120,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
 
     let addr = config.server.listen;
-    let listener = crate::server::bind(addr)
+    let listener = crate::server::bind(addr, config.server.send_buffer_bytes)
         .await
         .map_err(|source| StartError::Bind { addr, source })?;
     let addr = listener

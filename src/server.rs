@@ -29,13 +29,21 @@ const ACCEPT_BACKLOG: u32 = 4096;
 /// when thousands of clients reconnect at once (a reconnect storm after a
 /// network blip) the queue overflows, the kernel drops their SYNs, and
 /// each of those clients waits a 1 s retransmission before it is accepted.
-pub async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+///
+/// A `send_buffer` other than 0 is set on the listener, before `listen`:
+/// accepted sockets inherit it (and with it, autotuning switched off), so
+/// every connection's kernel send buffer is bounded from its first byte.
+pub async fn bind(addr: SocketAddr, send_buffer: usize) -> io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    if send_buffer > 0 {
+        let bytes = u32::try_from(send_buffer).unwrap_or(u32::MAX);
+        socket.set_send_buffer_size(bytes)?;
+    }
     socket.bind(addr)?;
     socket.listen(ACCEPT_BACKLOG)
 }

@@ -355,6 +355,42 @@ async fn query_with_many_channels_and_bad_channel_names() {
     h.stop().await;
 }
 
+/// A client with a small socket receive buffer (so the server's writes
+/// back up quickly) that reads nothing until the test says so.
+async fn unread_client(h: &Herald, query: &str) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(h.running.local_addr()).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(h.ws_url(query), stream)
+        .await
+        .unwrap();
+    Client {
+        ws: tokio_tungstenite::WebSocketStream::from_raw_socket(
+            tokio_tungstenite::MaybeTlsStream::Plain(ws.into_inner()),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await,
+    }
+}
+
+/// Read what a client holds: notifications with contiguous offsets from 1,
+/// then the close. The last offset and the close code.
+async fn drain_until_closed(client: &mut Client) -> (u64, Option<u16>) {
+    let mut last = 0;
+    loop {
+        match client.next().await {
+            Next::Frame(f) if f["type"] == "subscribed" => {}
+            Next::Frame(f) => {
+                let offset = f["offset"].as_u64().unwrap();
+                assert_eq!(offset, last + 1);
+                last = offset;
+            }
+            Next::Closed(code, _) => return (last, code),
+        }
+    }
+}
+
 /// One client that stops reading among readers: it is closed with 4008 and
 /// the others receive everything, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,24 +408,8 @@ async fn a_slow_client_is_closed_with_4008_and_others_keep_receiving() {
     .await;
     let channel = unique("busy");
     let query = format!("channel={channel}");
-    // The slow client's socket has a small receive buffer so the server's
-    // writes back up quickly; it does not read until the others are done.
-    let mut slow = {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let stream = socket.connect(h.running.local_addr()).await.unwrap();
-        let (ws, _) = tokio_tungstenite::client_async(h.ws_url(&query), stream)
-            .await
-            .unwrap();
-        Client {
-            ws: tokio_tungstenite::WebSocketStream::from_raw_socket(
-                tokio_tungstenite::MaybeTlsStream::Plain(ws.into_inner()),
-                tokio_tungstenite::tungstenite::protocol::Role::Client,
-                None,
-            )
-            .await,
-        }
-    };
+    // The slow client does not read until the others are done.
+    let mut slow = unread_client(&h, &query).await;
     let mut fast = Vec::new();
     for _ in 0..3 {
         let (mut client, _) = h.subscribe(&query).await;
@@ -409,18 +429,7 @@ async fn a_slow_client_is_closed_with_4008_and_others_keep_receiving() {
         assert_eq!(offsets(&got), (1..=EVENTS as u64).collect::<Vec<_>>());
     }
     // Now the slow one reads: a contiguous prefix, then 4008.
-    let mut last = 0;
-    let code = loop {
-        match slow.next().await {
-            Next::Frame(f) if f["type"] == "subscribed" => {}
-            Next::Frame(f) => {
-                let offset = f["offset"].as_u64().unwrap();
-                assert_eq!(offset, last + 1);
-                last = offset;
-            }
-            Next::Closed(code, _) => break code,
-        }
-    };
+    let (last, code) = drain_until_closed(&mut slow).await;
     assert_eq!(code, Some(4008));
     assert!(
         last < EVENTS as u64,
@@ -430,6 +439,44 @@ async fn a_slow_client_is_closed_with_4008_and_others_keep_receiving() {
     assert!(
         metrics.contains(r#"herald_sessions_closed_total{reason="too_slow"} 1"#),
         "{metrics}"
+    );
+    h.stop().await;
+}
+
+/// A client that stops reading on a channel far too quiet to overflow its
+/// queue is not left to the kernel's send buffer: the ping it does not
+/// answer, with notifications sent after it, closes it as too slow.
+#[tokio::test]
+async fn a_client_that_stops_reading_a_quiet_channel_is_closed_as_too_slow() {
+    let h = Herald::start_with(|c| {
+        c.delivery.ping_interval_ms = 300;
+        c.delivery.pong_timeout_ms = 300;
+    })
+    .await;
+    let channel = unique("quiet");
+    let query = format!("channel={channel}");
+    let mut slow = unread_client(&h, &query).await;
+    let too_slow = r#"herald_sessions_closed_total{reason="too_slow"}"#;
+    // A few notifications a second, for at most 60 s.
+    let mut published = 0;
+    while h.metric(too_slow).await < 1.0 {
+        assert!(
+            published < 1200,
+            "not closed after {published} notifications"
+        );
+        h.publish("t", &event(&channel, published)).await;
+        published += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // 4008, or only the end of the connection when the close frame did not
+    // get through before herald let the socket go.
+    let (last, code) = drain_until_closed(&mut slow).await;
+    assert!(matches!(code, Some(4008) | None), "closed with {code:?}");
+    assert!(last <= published as u64, "offset {last} of {published}");
+    assert_eq!(
+        h.metric(r#"herald_sessions_closed_total{reason="heartbeat_missed"}"#)
+            .await,
+        0.0
     );
     h.stop().await;
 }

@@ -20,16 +20,20 @@
 //! targets are reported, never asserted.
 //!
 //! Layout: `server` (child processes, /proc readings), `client` (WebSocket
-//! clients and the per-client checker), `produce` (HTTP producer, source
-//! kinds), `report` (table, JSON, targets), `scenarios/` (one file each).
+//! clients and the per-client checker), `produce` (HTTP producer, event
+//! encoding, source kinds), `broker` (events pre-produced to Kafka or
+//! RabbitMQ), `stores` (the store under test), `report` (table, JSON,
+//! targets), `scenarios/` (one file each).
 
 #![allow(clippy::print_stdout)]
 
+mod broker;
 mod client;
 mod produce;
 mod report;
 mod scenarios;
 mod server;
+mod stores;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +44,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::produce::SourceKind;
 use crate::report::Report;
+use crate::stores::StoreKind;
 
 /// The scenarios, in the order `all` runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -117,10 +122,15 @@ pub(crate) struct Opts {
     /// Pin the server to CPU 0 and the generator to CPU 1 (taskset).
     #[arg(long)]
     pub pin: bool,
-    /// Where the source events come from (e2e, ingest). Kafka and AMQP are
-    /// not available until their sources are merged.
+    /// Where the source events come from (e2e, ingest): posted over HTTP,
+    /// or pre-produced to a fresh Kafka topic (`KAFKA_BOOTSTRAP`) or
+    /// RabbitMQ queue (`AMQP_URL`) that the server then drains.
     #[arg(long, value_enum, default_value = "http")]
     pub source: SourceKind,
+    /// herald's store (e2e, ingest): disk in a temporary directory, Redis
+    /// at `REDIS_URL` (default 127.0.0.1:6379) under a fresh key prefix.
+    #[arg(long, value_enum, default_value = "memory")]
+    pub store: StoreKind,
     /// Client counts (comma-separated) for fanout, latency, e2e,
     /// idle-memory, reconnect-storm, slow-consumer.
     #[arg(long, value_delimiter = ',')]

@@ -1,5 +1,5 @@
-//! Producing events: over HTTP today; Kafka and RabbitMQ once their sources
-//! are merged (the option exists so those scenarios are a small addition).
+//! Producing events over HTTP, and encoding them for every source (the
+//! Kafka and RabbitMQ pre-producers in `broker` use the same encoding).
 //!
 //! Every event carries its sequence number and its produce timestamp (µs
 //! since the Unix epoch) in `data`, padded to the requested payload size:
@@ -28,18 +28,6 @@ pub(crate) enum SourceKind {
 }
 
 impl SourceKind {
-    /// Fails for the sources not merged yet, rather than faking them.
-    pub(crate) fn check_available(self) -> Result<()> {
-        match self {
-            SourceKind::Http => Ok(()),
-            SourceKind::Kafka | SourceKind::Amqp => bail!(
-                "--source {}: not available yet: its herald source is not merged; \
-                 the producer lands with it (see BENCHMARKS.md)",
-                self.name()
-            ),
-        }
-    }
-
     pub(crate) fn name(self) -> &'static str {
         match self {
             SourceKind::Http => "http",
@@ -58,6 +46,61 @@ pub(crate) enum Route {
     Users { prefix: String, n: u64 },
 }
 
+/// Encodes bench events: route, sequence number, timestamp, padding.
+#[derive(Debug, Clone)]
+pub(crate) struct Encoder {
+    pad: String,
+    route: Route,
+}
+
+impl Encoder {
+    /// `payload`: the size of `data` in bytes (≥ 40).
+    pub(crate) fn new(route: Route, payload: usize) -> Self {
+        // `{"seq":…,"ts":…,"pad":""}` is about 40 bytes with realistic numbers.
+        let pad = "x".repeat(payload.saturating_sub(40));
+        Self { pad, route }
+    }
+
+    /// The key that keeps event `seq`'s channel in one Kafka partition:
+    /// its user (or its channel).
+    pub(crate) fn key(&self, seq: u64) -> String {
+        match &self.route {
+            Route::Channel(c) => c.clone(),
+            Route::Users { prefix, n } => format!("{prefix}{}", seq % n),
+        }
+    }
+
+    /// Append event `seq`, stamped now, to `body`.
+    pub(crate) fn push(&self, body: &mut String, seq: u64) {
+        let ts = now_us();
+        body.push_str("{\"type\":\"bench\",");
+        match &self.route {
+            Route::Channel(c) => {
+                let _ = write!(body, "\"channel\":\"{c}\",");
+            }
+            Route::Users { prefix, n } => {
+                let _ = write!(body, "\"user_id\":\"{prefix}{}\",", seq % n);
+            }
+        }
+        let _ = write!(
+            body,
+            "\"title\":\"bench\",\"data\":{{\"seq\":{seq},\"ts\":{ts},\"pad\":\"{}\"}}}}",
+            self.pad
+        );
+    }
+
+    /// Event `seq` alone.
+    pub(crate) fn event(&self, seq: u64) -> String {
+        let mut body = String::with_capacity(self.pad.len() + 120);
+        self.push(&mut body, seq);
+        body
+    }
+
+    fn capacity(&self, events: u64) -> usize {
+        events as usize * (self.pad.len() + 120) + 2
+    }
+}
+
 /// What a request needs; cheap to clone into each request's future.
 #[derive(Debug, Clone)]
 struct Poster {
@@ -69,8 +112,7 @@ struct Poster {
 #[derive(Debug)]
 pub(crate) struct Producer {
     poster: Poster,
-    pad: String,
-    route: Route,
+    encoder: Encoder,
     /// POST round trips (produce → durable in the log → 202), µs.
     pub acks: Histogram<u64>,
 }
@@ -116,41 +158,19 @@ impl Producer {
             .tcp_nodelay(true)
             .build()
             .context("HTTP client")?;
-        // `{"seq":…,"ts":…,"pad":""}` is about 40 bytes with realistic numbers.
-        let pad = "x".repeat(payload.saturating_sub(40));
         Ok(Self {
             poster: Poster {
                 http,
                 url: format!("{base}/events/{topic}").into(),
             },
-            pad,
-            route,
+            encoder: Encoder::new(route, payload),
             acks: histogram(),
         })
     }
 
-    fn push_event(&self, body: &mut String, seq: u64) {
-        let ts = now_us();
-        body.push_str("{\"type\":\"bench\",");
-        match &self.route {
-            Route::Channel(c) => {
-                let _ = write!(body, "\"channel\":\"{c}\",");
-            }
-            Route::Users { prefix, n } => {
-                let _ = write!(body, "\"user_id\":\"{prefix}{}\",", seq % n);
-            }
-        }
-        let _ = write!(
-            body,
-            "\"title\":\"bench\",\"data\":{{\"seq\":{seq},\"ts\":{ts},\"pad\":\"{}\"}}}}",
-            self.pad
-        );
-    }
-
     /// One request body with events `seqs`.
     pub(crate) fn body(&self, seqs: std::ops::Range<u64>) -> String {
-        let mut body =
-            String::with_capacity((seqs.end - seqs.start) as usize * (self.pad.len() + 120) + 2);
+        let mut body = String::with_capacity(self.encoder.capacity(seqs.end - seqs.start));
         let single = seqs.end - seqs.start == 1;
         if !single {
             body.push('[');
@@ -159,7 +179,7 @@ impl Producer {
             if i > 0 {
                 body.push(',');
             }
-            self.push_event(&mut body, seq);
+            self.encoder.push(&mut body, seq);
         }
         if !single {
             body.push(']');

@@ -26,6 +26,18 @@ impl Kind {
     }
 }
 
+/// How a server is started beyond the defaults.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Setup {
+    /// Environment (herald: `HERALD_*` settings).
+    pub env: Vec<(&'static str, String)>,
+    /// herald: a configuration file's text (its sources), given with
+    /// `--config`; `HERALD_*` variables still apply on top.
+    pub config: Option<String>,
+    /// The peer: extra command-line arguments.
+    pub peer_args: Vec<String>,
+}
+
 /// A running server under test.
 #[derive(Debug)]
 pub(crate) struct Server {
@@ -66,7 +78,16 @@ fn log_dir() -> PathBuf {
 impl Server {
     /// Start `kind` with `env` (herald: `HERALD_*` settings) and wait until
     /// it accepts connections.
-    pub(crate) fn start(kind: Kind, opts: &Opts, env: &[(&str, String)]) -> Result<Server> {
+    pub(crate) fn start(kind: Kind, opts: &Opts, env: &[(&'static str, String)]) -> Result<Server> {
+        let setup = Setup {
+            env: env.to_vec(),
+            ..Setup::default()
+        };
+        Self::start_with(kind, opts, &setup)
+    }
+
+    /// Start `kind` as `setup` says and wait until it accepts connections.
+    pub(crate) fn start_with(kind: Kind, opts: &Opts, setup: &Setup) -> Result<Server> {
         if let (Kind::Herald, Some(addr)) = (kind, opts.connect) {
             return Ok(Server {
                 addr,
@@ -89,6 +110,12 @@ impl Server {
         match kind {
             Kind::Herald => {
                 cmd.arg(&opts.herald).arg("serve");
+                if let Some(text) = &setup.config {
+                    let path = log_dir().join(format!("herald-{port}.toml"));
+                    std::fs::write(&path, text)
+                        .with_context(|| format!("write {}", path.display()))?;
+                    cmd.arg("--config").arg(path);
+                }
                 cmd.env("HERALD_SERVER__LISTEN", addr.to_string());
                 // The process holds at most 20000 open files here.
                 cmd.env("HERALD_SERVER__MAX_CONNECTIONS", "19900");
@@ -104,10 +131,11 @@ impl Server {
                 }
                 cmd.arg("node")
                     .arg(opts.peer_dir.join("server.mjs"))
-                    .args(["--port", &port.to_string()]);
+                    .args(["--port", &port.to_string()])
+                    .args(&setup.peer_args);
             }
         }
-        for (k, v) in env {
+        for (k, v) in &setup.env {
             cmd.env(k, v);
         }
         let file = std::fs::File::create(&log)?;

@@ -3,6 +3,7 @@
 // herald's protocol for the same load generator to drive both.
 //
 //   node server.mjs --port 9090 [--host 127.0.0.1]
+//                   [--kafka-brokers H:P --kafka-topic T --kafka-group G]
 //
 // - `GET /notifications?channel=a&channel=b` upgrades to WebSocket; the
 //   client gets one `subscribed` frame per channel, then live notifications
@@ -13,13 +14,21 @@
 //   `user:{user_id}`, else `broadcast`);
 // - each notification is one JSON text frame shaped like herald's, with a
 //   per-channel `offset`, serialized once and encoded to bytes once, then
-//   sent to every subscriber (the fast way to broadcast with `ws`).
+//   sent to every subscriber (the fast way to broadcast with `ws`);
+// - with `--kafka-*`, a kafkajs consumer (a new group reads the topic from
+//   the beginning) publishes each message's JSON event the same way, batch
+//   by batch: the peer of herald's Kafka source in the e2e scenario. It
+//   starts on `POST /consume`, once the generator's clients are connected
+//   (the peer keeps no history for a late client to resume from);
+// - `GET /stats` answers `{"events": N}`, the events published so far (the
+//   generator times a backlog's consumption with it).
 //
 // It prints `listening <port>` on stdout when ready.
 
 import http from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { WebSocketServer } from 'ws';
+import kafkajs from 'kafkajs';
 
 const args = process.argv.slice(2);
 const arg = (name, fallback) => {
@@ -29,10 +38,16 @@ const arg = (name, fallback) => {
 const port = Number(arg('port', '9090'));
 const host = arg('host', '127.0.0.1');
 const maxBody = 1024 * 1024;
+const kafkaBrokers = arg('kafka-brokers', '');
+const kafkaTopic = arg('kafka-topic', '');
+const kafkaGroup = arg('kafka-group', '');
 
 const epoch = randomBytes(8).toString('hex');
 /** channel -> { offset, clients: Set<WebSocket> } */
 const channels = new Map();
+/** Events published (HTTP and Kafka), and Kafka messages that were not JSON objects. */
+let published = 0;
+let rejected = 0;
 
 function channelOf(name) {
   let c = channels.get(name);
@@ -50,6 +65,7 @@ function route(event) {
 }
 
 function publish(event) {
+  published += 1;
   const name = route(event);
   const c = channelOf(name);
   c.offset += 1;
@@ -83,6 +99,11 @@ const server = http.createServer((req, res) => {
   const m = /^\/events\/([^/]+)$/.exec(url.pathname);
   if (req.method !== 'POST' || !m) {
     if (url.pathname === '/healthz') return reply(res, 200, { ok: true });
+    if (url.pathname === '/stats') return reply(res, 200, { events: published, rejected });
+    if (url.pathname === '/consume' && req.method === 'POST' && startConsumer) {
+      startConsumer();
+      return reply(res, 202, { consuming: true });
+    }
     return reply(res, 404, { error: 'not found' });
   }
   const chunks = [];
@@ -155,9 +176,60 @@ server.listen(port, host, () => {
   process.stdout.write(`listening ${server.address().port}\n`);
 });
 
+// The Kafka consumer: timeouts as herald's bench configuration sets them
+// (a quick group join on Tansu), the topic from its first offset.
+let consumer = null;
+let startConsumer = null;
+if (kafkaBrokers && kafkaTopic && kafkaGroup) {
+  const kafka = new kafkajs.Kafka({
+    clientId: 'herald-bench-peer',
+    brokers: kafkaBrokers.split(','),
+    logLevel: kafkajs.logLevel.WARN,
+  });
+  consumer = kafka.consumer({
+    groupId: kafkaGroup,
+    sessionTimeout: 6000,
+    rebalanceTimeout: 10000,
+    heartbeatInterval: 1000,
+  });
+  const start = async () => {
+    await consumer.connect();
+    await consumer.subscribe({ topics: [kafkaTopic], fromBeginning: true });
+    await consumer.run({
+      eachBatch: async ({ batch }) => {
+        for (const m of batch.messages) {
+          let event;
+          try {
+            event = JSON.parse(m.value.toString('utf8'));
+          } catch {
+            rejected += 1;
+            continue;
+          }
+          if (event === null || typeof event !== 'object' || Array.isArray(event)) {
+            rejected += 1;
+            continue;
+          }
+          publish(event);
+        }
+      },
+    });
+  };
+  let started = false;
+  startConsumer = () => {
+    if (started) return;
+    started = true;
+    start().catch((e) => {
+      process.stderr.write(`kafka consumer: ${e.stack ?? e}\n`);
+      process.exit(1);
+    });
+  };
+}
+
 const stop = () => {
   for (const ws of wss.clients) ws.terminate();
-  server.close(() => process.exit(0));
+  // Leave the group before exiting, so the topic can be deleted after.
+  const left = consumer ? consumer.disconnect().catch(() => {}) : Promise.resolve();
+  left.then(() => server.close(() => process.exit(0)));
   setTimeout(() => process.exit(0), 2000).unref();
 };
 process.on('SIGTERM', stop);

@@ -16,6 +16,14 @@
 //! log, never skipped. The session owns its socket and runs as one task; the
 //! hub only ever `try_send`s into its bounded queue, and an overflow closes
 //! the session with 4008 so a stuck client costs at most one queue.
+//!
+//! A client that stops reading is too slow (4008) as soon as its queue
+//! overflows, or when the pong to a ping is overdue and notifications were
+//! written to it after that ping (or a write to it is still blocked): it
+//! does not read what is sent. A missed pong on a connection that was sent
+//! nothing else is a silent connection (4009). The kernel send buffer in
+//! front of the socket is bounded (`server.send_buffer_bytes`), so a stopped
+//! reader blocks a write within seconds rather than minutes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -94,6 +102,9 @@ struct Session<S> {
     written: u64,
     /// When the oldest unanswered ping was sent.
     ping_sent: Option<Instant>,
+    /// A notification was written after that ping.
+    fed_since_ping: bool,
+    pong_timeout: Duration,
     /// Longest a single socket write may wait.
     write_timeout: Duration,
 }
@@ -115,6 +126,8 @@ where
         channels: HashMap::new(),
         written: 0,
         ping_sent: None,
+        fed_since_ping: false,
+        pong_timeout: Duration::from_millis(shared.config.pong_timeout_ms),
         write_timeout: Duration::from_millis(
             shared.config.ping_interval_ms + shared.config.pong_timeout_ms,
         ),
@@ -151,7 +164,7 @@ where
     async fn serve(&mut self, requests: Vec<Request>) -> End {
         let config = &self.shared.config;
         let ping_every = Duration::from_millis(config.ping_interval_ms);
-        let pong_timeout = Duration::from_millis(config.pong_timeout_ms);
+        let pong_timeout = self.pong_timeout;
         if let Err(end) = self.guarded(Work::Subscribe(requests)).await {
             return end;
         }
@@ -161,6 +174,11 @@ where
         let sub = self.sub.clone();
         loop {
             let pong_deadline = self.ping_sent.map(|t| t + pong_timeout);
+            let missed = if self.fed_since_ping {
+                End::Close(CloseCode::TooSlow, TOO_SLOW)
+            } else {
+                End::Close(CloseCode::HeartbeatMissed, "no pong to ping")
+            };
             // Order matters: what the client sent (a pong, a close) is read
             // before the pong deadline is judged, and the queue comes last so
             // steady traffic cannot starve the client's frames or the pings.
@@ -174,7 +192,7 @@ where
                     None => return End::Gone("client_closed"),
                 },
                 _ = pings.tick() => Work::Ping,
-                () = sleep_until(pong_deadline) => return End::Close(CloseCode::HeartbeatMissed, "no pong to ping"),
+                () = sleep_until(pong_deadline) => return missed,
                 item = self.rx.recv() => match item {
                     Some(first) => Work::Deliver(first),
                     // The session holds a sender (in `sub`): never closed.
@@ -188,16 +206,22 @@ where
     }
 
     /// Do `work`, which writes to the socket, but give up when the session
-    /// overflows or the server shuts down meanwhile: a client that stopped
-    /// reading blocks the write, and must not block its own eviction.
+    /// overflows, the pong is overdue, or the server shuts down meanwhile: a
+    /// client that stopped reading blocks the write, and must not block its
+    /// own eviction.
     async fn guarded(&mut self, work: Work) -> SendResult {
         let shutdown = self.shared.shutdown.clone();
         let sub = self.sub.clone();
+        let pong_deadline = self.ping_sent.map(|t| t + self.pong_timeout);
+        // `work` is polled before the deadline: work that completes at once
+        // is never cut, and an overdue pong without a blocked write is left
+        // to the loop in `serve` (4009).
         tokio::select! {
             biased;
             () = shutdown.cancelled() => Err(End::Close(CloseCode::GoingAway, "server shutting down")),
             () = sub.overflowed() => Err(End::Close(CloseCode::TooSlow, TOO_SLOW)),
             done = self.perform(work) => done,
+            () = sleep_until(pong_deadline) => Err(End::Close(CloseCode::TooSlow, TOO_SLOW)),
         }
     }
 
@@ -216,7 +240,10 @@ where
     }
 
     async fn ping(&mut self) -> SendResult {
-        self.ping_sent.get_or_insert_with(Instant::now);
+        if self.ping_sent.is_none() {
+            self.ping_sent = Some(Instant::now());
+            self.fed_since_ping = false;
+        }
         self.write(Message::Ping(Default::default())).await?;
         self.flush().await
     }
@@ -525,6 +552,7 @@ where
     /// Queue one notification frame for the next flush.
     async fn feed(&mut self, frame: Utf8Bytes) -> SendResult {
         self.written += 1;
+        self.fed_since_ping |= self.ping_sent.is_some();
         self.write(Message::Text(frame)).await
     }
 

@@ -1,5 +1,6 @@
 //! The scenarios of BENCHMARKS.md, one file each, and what they share:
-//! starting servers, making clients, measuring CPU over an interval.
+//! starting servers (with their source backlog and store), making clients,
+//! measuring CPU over an interval.
 
 mod e2e;
 mod fanout;
@@ -13,14 +14,17 @@ mod storm;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow, bail};
 use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::broker::Backlog;
 use crate::client::{Client, Dial, source_ip};
+use crate::produce::{Encoder, SourceKind};
 use crate::report::{Figures, Report};
-use crate::server::{Kind, Server, own_cpu_us};
+use crate::server::{Kind, Server, Setup, own_cpu_us};
+use crate::stores::{StoreKind, StoreUnderTest};
 use crate::{Opts, Scenario};
 
 pub(crate) async fn run(scenario: Scenario, opts: &Opts, report: &mut Report) -> Result<()> {
@@ -43,6 +47,156 @@ fn servers(opts: &Opts) -> Vec<Kind> {
         vec![Kind::Herald, Kind::Peer]
     } else {
         vec![Kind::Herald]
+    }
+}
+
+/// The servers of a scenario fed from `--source` into `--store`: the peer
+/// only where it can take part (it has a Kafka consumer but no RabbitMQ
+/// one, and keeps no store).
+fn source_servers(opts: &Opts, report: &mut Report) -> Vec<Kind> {
+    let skip = match (opts.source, opts.store) {
+        (SourceKind::Amqp, _) => Some("the ws peer has no RabbitMQ consumer"),
+        (_, StoreKind::Disk | StoreKind::Redis) => Some("the ws peer keeps no store"),
+        _ => None,
+    };
+    match skip {
+        Some(why) if opts.peer => {
+            report.note(format!(
+                "--source {} --store {}: herald only; {why}",
+                opts.source.name(),
+                opts.store.name()
+            ));
+            vec![Kind::Herald]
+        }
+        _ => servers(opts),
+    }
+}
+
+/// A server with its source backlog (Kafka, RabbitMQ; none for HTTP) and
+/// its store, for one measurement. [`Fixture::stop`] stops the server
+/// before it deletes the backlog (a topic is never deleted under a
+/// consumer group) and the store's data.
+struct Fixture {
+    server: Server,
+    backlog: Option<Backlog>,
+    store: StoreUnderTest,
+}
+
+impl Fixture {
+    /// Pre-produce `events` encoded by `encoder` when the source is a
+    /// broker, then start `kind` consuming them into `--store`.
+    async fn start(opts: &Opts, kind: Kind, encoder: &Encoder, events: u64) -> Result<Fixture> {
+        let store = StoreUnderTest::new(opts.store)?;
+        let backlog = Backlog::fill(opts.source, encoder, events).await?;
+        let mut setup = match &backlog {
+            Some(b) => b.setup(kind).ok_or_else(|| {
+                anyhow!("{} cannot consume from {}", kind.name(), opts.source.name())
+            }),
+            None => Ok(Setup::default()),
+        };
+        if let Ok(s) = &mut setup {
+            s.env.extend(store.env());
+        }
+        match setup.and_then(|s| Server::start_with(kind, opts, &s)) {
+            Ok(server) => Ok(Fixture {
+                server,
+                backlog,
+                store,
+            }),
+            Err(e) => {
+                if let Some(b) = &backlog {
+                    b.remove().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The events wait in a broker (rather than being posted over HTTP).
+    fn backlog(&self) -> bool {
+        self.backlog.is_some()
+    }
+
+    /// Let the server consume the backlog. herald consumes from the start
+    /// (a client that subscribes late resumes from the channel's start);
+    /// the peer keeps no history, so its consumer waits for this, sent
+    /// once its clients are connected.
+    async fn release(&self, kind: Kind) -> Result<()> {
+        if kind != Kind::Peer || self.backlog.is_none() {
+            return Ok(());
+        }
+        let url = format!("{}/consume", self.server.http_base());
+        let status = reqwest::Client::new().post(&url).send().await?.status();
+        if status.as_u16() != 202 {
+            bail!("POST {url}: {status}");
+        }
+        Ok(())
+    }
+
+    async fn stop(self) {
+        self.server.stop();
+        if let Some(b) = &self.backlog {
+            b.remove().await;
+        }
+        if let Err(e) = self.store.remove().await {
+            eprintln!("herald-bench: clean up the store: {e:#}");
+        }
+    }
+}
+
+/// Events the server has taken so far: herald's appended notifications
+/// (one per bench event under the built-in rule), the peer's published
+/// events.
+async fn consumed(http: &reqwest::Client, server: &Server, kind: Kind) -> Result<u64> {
+    let path = match kind {
+        Kind::Herald => "/metrics",
+        Kind::Peer => "/stats",
+    };
+    let text = http
+        .get(format!("{}{path}", server.http_base()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let count = match kind {
+        Kind::Herald => text
+            .lines()
+            .find_map(|l| l.strip_prefix("herald_notifications_appended_total "))
+            .map(str::to_string),
+        Kind::Peer => serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["events"].as_u64())
+            .map(|n| n.to_string()),
+    };
+    count
+        .and_then(|n| n.trim().parse().ok())
+        .with_context(|| format!("no event count at {path}"))
+}
+
+/// Wait until the server has taken all `events` of a backlog, timing from
+/// the first one it took (so a group join or a connection is not counted).
+/// Returns the interval and the events taken in it.
+async fn drain(opts: &Opts, server: &Server, kind: Kind, events: u64) -> Result<(Measured, u64)> {
+    let http = reqwest::Client::new();
+    let end = deadline(opts);
+    let mut first: Option<(Meter, u64)> = None;
+    loop {
+        let n = consumed(&http, server, kind).await?;
+        if n > 0 && first.is_none() {
+            first = Some((Meter::start(server), n));
+        }
+        if let Some((meter, before)) = &first {
+            if n >= events {
+                return Ok((meter.stop(server), n.saturating_sub(*before)));
+            }
+        }
+        if Instant::now() > end {
+            bail!(
+                "{} took {n} of {events} events before the deadline",
+                kind.name()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 

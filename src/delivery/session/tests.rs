@@ -286,3 +286,68 @@ async fn a_client_that_stops_reading_on_a_quiet_channel_is_dropped() {
         .expect("a stalled write ends the session");
     assert_eq!(reason, "write_stalled");
 }
+
+/// Appends one notification to "c" every `every`, `n` times.
+fn notify_every(store: Arc<MemoryStore>, every: Duration, n: usize) {
+    tokio::spawn(async move {
+        for i in 0..n {
+            tokio::time::sleep(every).await;
+            store.append(vec![note(&format!("n{i}"))]).await.unwrap();
+        }
+    });
+}
+
+fn live_on_c() -> Vec<Request> {
+    vec![Request {
+        channel: "c".into(),
+        last_id: None,
+    }]
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_while_notified_is_closed_with_4008() {
+    let f = fixture(heartbeat(1_000, 500));
+    // The client end is never read: it neither answers the ping nor takes
+    // the notifications sent after it.
+    let (a, mut raw_client) = tokio::io::duplex(1 << 16);
+    let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+    notify_every(f.store.clone(), Duration::from_millis(100), 100);
+    let started = tokio::time::Instant::now();
+    let reason = run(server, f.shared.clone(), live_on_c()).await;
+    assert_eq!(reason, "too_slow");
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1_500) && elapsed < Duration::from_millis(1_600),
+        "closed at the pong deadline: {elapsed:?}"
+    );
+    let mut bytes = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut raw_client, &mut bytes)
+        .await
+        .unwrap();
+    // A close frame (0x88) whose payload starts with 4008 (0x0FA8).
+    let close = bytes
+        .windows(4)
+        .position(|w| w[0] == 0x88 && w[2] == 0x0F && w[3] == 0xA8);
+    assert!(close.is_some(), "a close frame with 4008 was sent");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_still_blocked_when_the_pong_is_due_is_too_slow() {
+    let f = fixture(DeliveryConfig {
+        // Large enough never to overflow here: the pong deadline decides.
+        queue_capacity: 100_000,
+        ..heartbeat(1_000, 500)
+    });
+    let (a, _unread_client_end) = tokio::io::duplex(4096);
+    let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+    let store = f.store.clone();
+    tokio::spawn(async move {
+        // After the first ping: more than the pipe holds, so a write blocks.
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let batch: Vec<_> = (0..3000).map(|i| note(&i.to_string())).collect();
+        store.append(batch).await.unwrap();
+    });
+    let reason = run(server, f.shared.clone(), live_on_c()).await;
+    // Not `write_stalled` a whole heartbeat period after the write began.
+    assert_eq!(reason, "too_slow");
+}
