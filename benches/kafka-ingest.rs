@@ -3,7 +3,7 @@
 //!
 //!   source scripts/kafka.sh          # a broker at KAFKA_BOOTSTRAP
 //!   cargo bench --bench kafka-ingest -- [EVENTS] [RUNS] [PARTITIONS]
-//!       [--store memory|disk|redis] [--channels N]
+//!       [--store memory|disk|redis] [--channels N] [--in-flight N]
 //!
 //! Pre-produces EVENTS (default 200000) small JSON events to a fresh topic
 //! with PARTITIONS (default 3) partitions, their `user_id` spread over N
@@ -20,7 +20,9 @@
 //! that time, so the group join is not counted. Prints events/s per run,
 //! the median and the spread, herald's CPU time (all its threads,
 //! librdkafka's included) per event and, for disk and Redis, notifications
-//! per commit. HERALD_BIN runs another build of herald (say, the one
+//! per commit. `--in-flight N` sets the source's `max_in_flight` (appends
+//! in flight per partition; herald's default otherwise), the group-commit
+//! lever for the disk store. HERALD_BIN runs another build of herald (say, the one
 //! before a change) with this harness. Not part of the test suite.
 
 use std::io::Write;
@@ -51,6 +53,10 @@ fn main() -> Result<(), Error> {
         Some(other) => return Err(format!("--store {other}: memory, disk or redis").into()),
     };
     let channels: u64 = take_flag(&mut args, "--channels")?.map_or(Ok(1000), |a| a.parse())?;
+    let in_flight = match take_flag(&mut args, "--in-flight")? {
+        Some(n) => format!("max_in_flight = {}\n", n.parse::<usize>()?),
+        None => String::new(),
+    };
     let events: u64 = args.first().map_or(Ok(200_000), |a| a.parse())?;
     let runs: usize = args.get(1).map_or(Ok(3), |a| a.parse())?;
     let partitions: i32 = args.get(2).map_or(Ok(3), |a| a.parse())?;
@@ -69,7 +75,9 @@ fn main() -> Result<(), Error> {
     let mut rates = Vec::new();
     for run in 1..=runs {
         let prefix = format!("{topic}-run{run}:");
-        let result = runtime.block_on(consume_once(&brokers, &topic, events, run, &store, &prefix));
+        let result = runtime.block_on(consume_once(
+            &brokers, &topic, events, run, &store, &prefix, &in_flight,
+        ));
         if let StoreChoice::Redis(url) = &store {
             runtime.block_on(support::delete_prefix(url, &prefix));
         }
@@ -213,6 +221,7 @@ async fn consume_once(
     run: usize,
     store: &StoreChoice,
     prefix: &str,
+    in_flight: &str,
 ) -> Result<Run, Error> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("herald.toml");
@@ -232,7 +241,7 @@ kind = "kafka"
 brokers = "{brokers}"
 topics = ["{topic}"]
 group_id = "{topic}-run{run}"
-[sources.properties]
+{in_flight}[sources.properties]
 "auto.offset.reset" = "earliest"
 "session.timeout.ms" = "6000"
 "max.poll.interval.ms" = "10000"

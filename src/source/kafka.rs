@@ -121,8 +121,11 @@ fn default_max_message_bytes() -> usize {
     1024 * 1024
 }
 
+/// Deep enough for the disk store's group commit to batch thousands of
+/// notifications per fsync (BENCHMARKS.md, "ingest with the disk store");
+/// the cost is up to this many copied messages per partition in memory.
 fn default_max_in_flight() -> usize {
-    1024
+    4096
 }
 
 impl KafkaSourceConfig {

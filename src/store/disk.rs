@@ -80,7 +80,7 @@ const NEXT_ID: &str = "next_channel_id";
 /// Newest notifications per channel kept in memory for replay and gap fill.
 const TAIL: usize = 64;
 /// Most notifications committed in one transaction.
-const MAX_GROUP: usize = 4096;
+const MAX_GROUP: usize = 16384;
 /// Most entries retention by age deletes in one transaction.
 const TRIM_BUDGET: usize = 4096;
 /// Channels retention by age visits in one transaction.
