@@ -24,7 +24,8 @@
 //!   subscribe before a point the feed would skip; the
 //!   command connection reconnects by itself (`ConnectionManager`). While
 //!   Redis is unreachable appends fail with [`StoreError::Unavailable`] and
-//!   sources do not acknowledge.
+//!   sources do not acknowledge. A failed group also fails every append
+//!   queued behind it, so none commits ahead of an earlier failed one.
 //!
 //! Keys (`P` is `key_prefix`): `P ch:{channel}:m` (hash: `epoch`, `last`),
 //! `P ch:{channel}:l` (stream of entries with id `{offset}-0`, fields `t`
@@ -415,8 +416,24 @@ async fn write(mut rx: group::Receiver, mut conn: ConnectionManager, settings: A
                 Item::Close(done) => close = Some(done),
             }
         }
-        if !appends.is_empty() {
-            commit(&script, &mut conn, &settings, appends).await;
+        if !appends.is_empty() && !commit(&script, &mut conn, &settings, appends).await {
+            // What is queued behind a failed group was submitted before its
+            // source learned of the failure. Committed now, it would enter
+            // the log ahead of the failed appends, which the source retries:
+            // fail it too, so a retry keeps the source's order.
+            for item in rx.try_group(usize::MAX) {
+                match item {
+                    Item::Append(r) => {
+                        let _ = r.reply.send(Err(StoreError::Unavailable(
+                            "redis: an earlier append failed".into(),
+                        )));
+                    }
+                    Item::Trim { reply, .. } => {
+                        let _ = reply.send(Ok(0));
+                    }
+                    Item::Close(done) => close = Some(done),
+                }
+            }
         }
         if let Some(done) = close {
             let _ = done.send(());
@@ -430,7 +447,7 @@ async fn commit(
     conn: &mut ConnectionManager,
     settings: &Settings,
     appends: Vec<Request>,
-) {
+) -> bool {
     let keys = &settings.keys;
     let mut invocation = script.prepare_invoke();
     invocation
@@ -476,6 +493,7 @@ async fn commit(
                     .collect();
                 let _ = request.reply.send(Ok(answer));
             }
+            true
         }
         Err(e) => {
             settings.metrics.store_error("append");
@@ -495,6 +513,7 @@ async fn commit(
             for request in appends {
                 let _ = request.reply.send(Err(error.clone()));
             }
+            false
         }
     }
 }
