@@ -17,7 +17,8 @@
 //!   writer, at most `TRIM_BUDGET` deletions per transaction between append
 //!   groups, so a large expiry never stalls appends;
 //! - a failed commit (disk full, I/O error) fails every append of its group
-//!   with [`StoreError::Unavailable`] and commits nothing of it; the sources
+//!   and every append queued behind it with [`StoreError::Unavailable`]
+//!   (see `group::Receiver::fail_queued_appends`) and commits nothing of it; the sources
 //!   then do not acknowledge. The writer reopens the database (redb
 //!   refuses to go on after an I/O error) before the next group, at most
 //!   once per second, and drops the in-memory cache, whose view the failed
@@ -523,7 +524,20 @@ impl Writer {
         if !appends.is_empty() || self.trim.is_some() || !self.sweeps.is_empty() {
             match self.commit(&appends) {
                 Ok(outcome) => self.apply(appends, outcome),
-                Err(e) => self.failed(appends, &e),
+                Err(e) => {
+                    self.failed(appends, &e);
+                    let error =
+                        StoreError::Unavailable(format!("disk: an earlier append failed: {e}"));
+                    for item in self.rx.fail_queued_appends(&error) {
+                        match item {
+                            Item::Trim { reply, .. } => {
+                                let _ = reply.send(Err(error.clone()));
+                            }
+                            Item::Close(done) => close = Some(done),
+                            Item::Append(_) => {}
+                        }
+                    }
+                }
             }
         }
         match close {

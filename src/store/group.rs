@@ -137,6 +137,24 @@ impl Receiver {
         }
     }
 
+    /// After a failed commit: fail every append queued now with `error`,
+    /// and return the other items (retention, a close) for the writer to
+    /// handle. Those appends were submitted before their sources learned of
+    /// the failure; committed, they would enter the log ahead of the failed
+    /// appends the sources retry, out of the sources' order.
+    pub(crate) fn fail_queued_appends(&mut self, error: &StoreError) -> Vec<Item> {
+        let mut rest = Vec::new();
+        for item in self.try_group(usize::MAX) {
+            match item {
+                Item::Append(r) => {
+                    let _ = r.reply.send(Err(error.clone()));
+                }
+                other => rest.push(other),
+            }
+        }
+        rest
+    }
+
     fn fill(&mut self, first: Item, max: usize) -> Vec<Item> {
         let mut size = weight(&first);
         let mut group = vec![first];
@@ -211,6 +229,26 @@ mod tests {
         assert_eq!(rx.try_group(10).len(), 1);
         drop(c);
         assert!(rx.try_group(10).is_empty());
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_group_the_appends_queued_behind_it_fail_too() {
+        let (q, mut rx) = queue();
+        let a = q.append(vec![n("1")]);
+        let group = rx.next_group(1).await.expect("group");
+        let b = q.append(vec![n("2")]);
+        let trim = q.trim(5);
+        let error = StoreError::Unavailable("redis".into());
+        fail(group, &error);
+        let rest = rx.fail_queued_appends(&error);
+        assert!(a.await.is_err());
+        assert!(b.await.is_err(), "queued behind the failed group");
+        assert!(matches!(rest.as_slice(), [Item::Trim { cutoff_ms: 5, .. }]));
+        drop(rest);
+        drop(trim);
+        let c = q.append(vec![n("3")]);
+        assert_eq!(rx.try_group(10).len(), 1, "later appends are taken again");
+        drop(c);
     }
 
     #[tokio::test]

@@ -417,21 +417,14 @@ async fn write(mut rx: group::Receiver, mut conn: ConnectionManager, settings: A
             }
         }
         if !appends.is_empty() && !commit(&script, &mut conn, &settings, appends).await {
-            // What is queued behind a failed group was submitted before its
-            // source learned of the failure. Committed now, it would enter
-            // the log ahead of the failed appends, which the source retries:
-            // fail it too, so a retry keeps the source's order.
-            for item in rx.try_group(usize::MAX) {
+            let error = StoreError::Unavailable("redis: an earlier append failed".into());
+            for item in rx.fail_queued_appends(&error) {
                 match item {
-                    Item::Append(r) => {
-                        let _ = r.reply.send(Err(StoreError::Unavailable(
-                            "redis: an earlier append failed".into(),
-                        )));
-                    }
                     Item::Trim { reply, .. } => {
                         let _ = reply.send(Ok(0));
                     }
                     Item::Close(done) => close = Some(done),
+                    Item::Append(_) => {}
                 }
             }
         }
