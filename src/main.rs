@@ -72,6 +72,12 @@ enum RulesCommand {
     },
 }
 
+/// mimalloc rather than glibc's malloc: herald allocates on the runtime's
+/// threads and frees on others (the disk store's writer), which glibc's
+/// arenas handle at a high CPU cost. See BENCHMARKS.md.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve { config: None }) {

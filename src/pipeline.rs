@@ -5,7 +5,11 @@
 //! resolves (the notifications are then durable in the log and published).
 //! `submit` evaluates the rules and starts the append synchronously, so
 //! calls made one after another keep their order in the log even when the
-//! source keeps several futures in flight.
+//! source keeps several futures in flight. When one of those appends fails,
+//! the ones after it must not commit before its retry: a source that keeps
+//! an order across events (a Kafka partition) passes its stream's
+//! [`Fence`](crate::store::Fence), and the store fails the stream's later
+//! appends until the source resumes it.
 //!
 //! Rules are swapped atomically: an event is evaluated entirely by one rules
 //! version.
@@ -20,7 +24,7 @@ use futures_util::FutureExt;
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::rules::{RuleFailure, Rules};
-use crate::store::{NewNotification, Store, StoreError};
+use crate::store::{Fence, NewNotification, Store, StoreError};
 
 /// Why an event produced nothing; a source dead-letters these where it can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,10 +114,13 @@ impl Pipeline {
     }
 
     /// Evaluate `event` and start appending its notifications. The returned
-    /// future resolves when they are durable. See the module docs on order.
+    /// future resolves when they are durable. See the module docs on order;
+    /// a source that keeps several events of one ordered stream in flight
+    /// passes the stream's `fence` ([`Store::append_fenced`]).
     pub fn submit(
         &self,
         event: &Event,
+        fence: Option<&Arc<Fence>>,
     ) -> impl Future<Output = Result<Processed, StoreError>> + Send + use<> {
         let source = event.meta.source.as_str();
         self.metrics.event(source);
@@ -150,7 +157,10 @@ impl Pipeline {
         }
         let metrics = self.metrics.clone();
         let started = Instant::now();
-        let append = (!batch.is_empty()).then(|| self.store.append(batch));
+        let append = (!batch.is_empty()).then(|| match fence {
+            Some(fence) => self.store.append_fenced(batch, fence),
+            None => self.store.append(batch),
+        });
         async move {
             let mut processed = Processed {
                 failures,

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::crash::{HttpProducer, Run, Scenario};
+use common::kafka::{self, Kafka};
 use common::process::Process;
+use common::producers::KafkaProducer;
 use common::redis_server::{self, RedisServer, SHARED_URL};
 use common::{Herald, epoch_of, offsets, unique};
 use herald::config::StoreKind;
@@ -191,6 +193,78 @@ async fn a_redis_restart_loses_nothing_acknowledged() {
         "{metrics}"
     );
     h.stop().await;
+}
+
+/// Redis drops herald's connections now and then (`CLIENT KILL`) while
+/// the Kafka partitions keep many appends in flight: the group on the wire
+/// fails, and the connection comes back at once. The partition's appends
+/// queued or submitted after the failure, before its worker saw it, must
+/// fail too (the partition's fence), or they would commit on the new
+/// connection ahead of the failed ones the worker retries: every channel
+/// keeps its partition's order, nothing lost or twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dropping_connections_mid_append_keeps_each_partitions_order() {
+    const PARTITIONS: i32 = 2;
+    let redis = RedisServer::start(false);
+    let kafka = Kafka::shared();
+    let topic = unique("dropping");
+    kafka.create_topic(&topic, PARTITIONS).await;
+    let mut source = kafka::source(&kafka.brokers, &[&topic], &unique("g"));
+    source.max_in_flight = 256;
+    let prefix = redis_server::prefix();
+    let h = node(&redis.url(), &prefix, |c| {
+        c.sources = vec![kafka::kafka_source(source)];
+    })
+    .await;
+    let scenario = Scenario {
+        channels: 6,
+        per_channel: 1500,
+        batch: 50,
+        within: Duration::from_secs(150),
+    };
+    let producer = Arc::new(KafkaProducer::new(&kafka.brokers, &topic, PARTITIONS));
+    let run = Run::start(
+        &scenario,
+        &unique("user"),
+        producer,
+        vec![h.ws_url("").trim_end_matches('?').to_string()],
+    )
+    .await;
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut kills = 0;
+    while run.received() < scenario.total() * 9 / 10 && kills < 40 {
+        let appended = h.metric("herald_notifications_appended_total").await;
+        // Only while appends are in flight.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if h.metric("herald_notifications_appended_total").await > appended {
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("normal")
+                .arg("SKIPME")
+                .arg("yes")
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap();
+            kills += 1;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+    let report = run.finish().await;
+    let (_, metrics) = h.get("/metrics").await;
+    report.assert_exactly_once(&metrics);
+    assert_eq!(report.produced, scenario.total());
+    assert!(kills >= 5, "only {kills} connection drops mid-stream");
+    assert!(
+        common::metric_value(
+            &metrics,
+            r#"herald_source_errors_total{source="kafka",error="store"}"#
+        ) > 0.0,
+        "the partitions retried: {metrics}"
+    );
+    h.stop().await;
+    kafka.delete_topics(&[&topic]).await;
 }
 
 #[tokio::test]

@@ -23,7 +23,10 @@
 //! - on any connection, channel or store failure the connection is closed,
 //!   so the broker requeues every unacknowledged delivery; herald reconnects
 //!   with exponential back-off, declares again and resumes. Redelivered
-//!   messages map to the same dedupe keys and append nothing new. `/readyz`
+//!   messages map to the same dedupe keys and append nothing new. A
+//!   session's appends share one [`Fence`]: after one fails, none of its
+//!   later ones commits, so the requeued messages keep the queue's order.
+//!   `/readyz`
 //!   reports the source not ready until it consumes again.
 //!
 //! The default dedupe key's root ([`Meta::position`]) is the AMQP
@@ -38,6 +41,7 @@
 //! closed.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -60,7 +64,7 @@ use serde_json::Value;
 use super::{Source, SourceContext, SourceError};
 use crate::event::{Event, Meta, SourceKind};
 use crate::pipeline::{Pipeline, Processed, Rejection};
-use crate::store::StoreError;
+use crate::store::{Fence, StoreError};
 
 /// AMQP names (queues, exchanges, routing keys) are short strings.
 const MAX_NAME_BYTES: usize = 255;
@@ -614,6 +618,10 @@ struct Consume<'a> {
     acked: u64,
     /// Deliveries settled since the last ack.
     unacked: u64,
+    /// Once an append of this session fails, its later ones fail too: the
+    /// connection is closed and the broker requeues them behind the failed
+    /// one, never committed ahead of it.
+    fence: Arc<Fence>,
 }
 
 impl<'a> Consume<'a> {
@@ -632,6 +640,7 @@ impl<'a> Consume<'a> {
             settled: 0,
             acked: 0,
             unacked: 0,
+            fence: Arc::new(Fence::default()),
         }
     }
 
@@ -719,7 +728,7 @@ impl<'a> Consume<'a> {
         let meta = meta_of(&delivery);
         let work: Work = match parse_body(&delivery.data, self.config.max_message_bytes) {
             Ok(payload) => pipeline
-                .submit(&Event { payload, meta })
+                .submit(&Event { payload, meta }, Some(&self.fence))
                 .map(|r| r.map(verdict_of))
                 .boxed(),
             Err((rejection, detail)) => {

@@ -190,7 +190,7 @@ async fn ingest(
         }
         let mut meta = Meta::new(SourceKind::Http, topic.clone(), format!("{position}:{i}"));
         meta.headers = visible.clone();
-        pending.push(pipeline.submit(&Event { payload, meta }));
+        pending.push(pipeline.submit(&Event { payload, meta }, None));
     }
     let mut totals = (0, 0, 0);
     for p in pending {

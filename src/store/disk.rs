@@ -18,7 +18,8 @@
 //!   groups, so a large expiry never stalls appends;
 //! - a failed commit (disk full, I/O error) fails every append of its group
 //!   and every append queued behind it with [`StoreError::Unavailable`]
-//!   (see `group::Receiver::fail_queued_appends`) and commits nothing of it; the sources
+//!   (see `group::Receiver::fail_queued_appends`), breaks the fences of
+//!   their streams (see [`super::Fence`]) and commits nothing of it; the sources
 //!   then do not acknowledge. The writer reopens the database (redb
 //!   refuses to go on after an I/O error) before the next group, at most
 //!   once per second, and drops the in-memory cache, whose view the failed
@@ -350,7 +351,15 @@ impl Store for DiskStore {
         &self,
         batch: Vec<NewNotification>,
     ) -> BoxFuture<'static, Result<Vec<Appended>, StoreError>> {
-        self.queue.append(batch)
+        self.queue.append(batch, None)
+    }
+
+    fn append_fenced(
+        &self,
+        batch: Vec<NewNotification>,
+        fence: &Arc<super::Fence>,
+    ) -> BoxFuture<'static, Result<Vec<Appended>, StoreError>> {
+        self.queue.append(batch, Some(fence))
     }
 
     fn read_after(
@@ -623,22 +632,25 @@ impl Writer {
                         continue; // stage() just inserted it
                     };
                     let id = meta.id;
+                    let offset = meta.last + 1;
+                    // One B-tree walk for the usual case, a new key: insert
+                    // (replacing a stale row of the same key, if any), and
+                    // put the old row back when it was in the window.
+                    let key = (id, n.dedupe_key.as_str());
                     let seen = dedupe
-                        .get((id, n.dedupe_key.as_str()))?
+                        .insert(key, offset)?
                         .map(|v| v.value())
-                        .filter(|&offset| offset > meta.stale_below(self.dedupe_window));
-                    if let Some(offset) = seen {
+                        .filter(|&old| old > meta.stale_below(self.dedupe_window));
+                    if let Some(old) = seen {
+                        dedupe.insert(key, old)?;
                         results.push(Appended {
                             channel: name.clone(),
-                            offset,
+                            offset: old,
                             duplicate: true,
                         });
                         continue;
                     }
-                    let offset = meta.last + 1;
                     entries.insert((id, offset), (request.at_ms, n.fields.as_str()))?;
-                    // Replaces a stale row of the same key, if any.
-                    dedupe.insert((id, n.dedupe_key.as_str()), offset)?;
                     if meta.first > meta.last {
                         // The channel was empty: retention by age must visit it.
                         heads.insert((request.at_ms, id), ())?;
@@ -945,7 +957,7 @@ impl Writer {
         self.broken.get_or_insert_with(Instant::now);
         let error = StoreError::Unavailable(format!("disk store: {e}"));
         for request in appends {
-            let _ = request.reply.send(Err(error.clone()));
+            request.fail(&error);
         }
         // Not retried in a loop against a broken disk: a sweep is queued
         // again when its channel next takes an append.

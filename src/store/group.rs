@@ -11,17 +11,26 @@
 //! (an async task), and the callers bound it themselves — a source keeps a
 //! bounded window of appends in flight, an HTTP request waits for its own.
 //!
+//! Fences: an append may name the [`Fence`] of the ordered stream it comes
+//! from (one Kafka partition). When an append fails, its fence breaks, and
+//! the writer fails every later append of that stream without committing
+//! it until the stream calls [`Fence::resume`]. So a record the stream
+//! submitted before it learned of the failure cannot enter the log ahead
+//! of the failed ones it then retries. [`Receiver::fail_queued_appends`]
+//! covers callers without a fence for what is already queued.
+//!
 //! Cancel-safety: dropping an append future does not withdraw the append;
 //! it is committed anyway and only its result is lost, exactly as if the
 //! process had died after the commit (the dedupe key absorbs the retry).
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, ready};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Appended, NewNotification, StoreError};
+use super::{Appended, Fence, NewNotification, StoreError};
 
 /// The answer to one append.
 pub(crate) type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
@@ -33,6 +42,19 @@ pub(crate) struct Request {
     /// Milliseconds since the Unix epoch at the call: the notification time.
     pub at_ms: u64,
     pub reply: Reply,
+    /// The caller's stream, when it keeps an order across appends.
+    pub fence: Option<Arc<Fence>>,
+}
+
+impl Request {
+    /// Answer with `error`: nothing of the batch was committed. Breaks the
+    /// caller's fence, so its later appends fail too until it resumes.
+    pub(crate) fn fail(self, error: &StoreError) {
+        if let Some(fence) = &self.fence {
+            fence.broken.store(true, Ordering::Release);
+        }
+        let _ = self.reply.send(Err(error.clone()));
+    }
 }
 
 /// What travels through the queue.
@@ -73,10 +95,12 @@ pub(crate) fn queue() -> (Queue, Receiver) {
 }
 
 impl Queue {
-    /// Queue `batch`; the order of calls is the commit order.
+    /// Queue `batch`; the order of calls is the commit order. With a
+    /// `fence`, see the module docs.
     pub(crate) fn append(
         &self,
         batch: Vec<NewNotification>,
+        fence: Option<&Arc<Fence>>,
     ) -> BoxFuture<'static, Result<Vec<Appended>, StoreError>> {
         if batch.is_empty() {
             return ready(Ok(Vec::new())).boxed();
@@ -89,6 +113,7 @@ impl Queue {
             batch,
             at_ms: crate::clock::now_ms(),
             reply,
+            fence: fence.cloned(),
         };
         if self.tx.send(Item::Append(request)).is_err() {
             return ready(Err(StoreError::Closed)).boxed();
@@ -146,27 +171,37 @@ impl Receiver {
         let mut rest = Vec::new();
         for item in self.try_group(usize::MAX) {
             match item {
-                Item::Append(r) => {
-                    let _ = r.reply.send(Err(error.clone()));
-                }
+                Item::Append(r) => r.fail(error),
                 other => rest.push(other),
             }
         }
         rest
     }
 
+    /// A group starting with `first`: appends of a broken fence are
+    /// answered here and left out (it may come out empty).
     fn fill(&mut self, first: Item, max: usize) -> Vec<Item> {
-        let mut size = weight(&first);
-        let mut group = vec![first];
+        let mut size = 0;
+        let mut group = Vec::new();
+        let mut next = Some(first);
         // A close ends the group: nothing after it is taken.
-        while size < max && !matches!(group.last(), Some(Item::Close(_))) {
-            match self.rx.try_recv() {
-                Ok(item) => {
-                    size += weight(&item);
-                    group.push(item);
+        while let Some(item) = next {
+            match item {
+                Item::Append(r) if r.fence.as_ref().is_some_and(|f| f.is_broken()) => {
+                    r.fail(&StoreError::Unavailable(
+                        "an earlier append of this stream failed".into(),
+                    ));
                 }
-                Err(_) => break,
+                item => {
+                    size += weight(&item);
+                    let close = matches!(item, Item::Close(_));
+                    group.push(item);
+                    if size >= max || close {
+                        break;
+                    }
+                }
             }
+            next = self.rx.try_recv().ok();
         }
         group
     }
@@ -187,9 +222,7 @@ mod tests {
     fn fail(group: Vec<Item>, error: &StoreError) {
         for item in group {
             match item {
-                Item::Append(r) => {
-                    let _ = r.reply.send(Err(error.clone()));
-                }
+                Item::Append(r) => r.fail(error),
                 Item::Trim { reply, .. } => {
                     let _ = reply.send(Err(error.clone()));
                 }
@@ -208,21 +241,24 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn calls_keep_their_order_and_groups_are_bounded() {
-        let (q, mut rx) = queue();
-        let a = q.append(vec![n("1"), n("2")]);
-        let b = q.append(vec![n("3")]);
-        let c = q.append(vec![n("4"), n("5")]);
-        let group = rx.next_group(3).await.expect("group");
-        let keys: Vec<_> = group
+    fn keys(group: &[Item]) -> Vec<String> {
+        group
             .iter()
             .flat_map(|i| match i {
                 Item::Append(r) => r.batch.iter().map(|n| n.dedupe_key.clone()).collect(),
                 _ => Vec::new(),
             })
-            .collect();
-        assert_eq!(keys, ["1", "2", "3"], "bounded by 3 notifications");
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn calls_keep_their_order_and_groups_are_bounded() {
+        let (q, mut rx) = queue();
+        let a = q.append(vec![n("1"), n("2")], None);
+        let b = q.append(vec![n("3")], None);
+        let c = q.append(vec![n("4"), n("5")], None);
+        let group = rx.next_group(3).await.expect("group");
+        assert_eq!(keys(&group), ["1", "2", "3"], "bounded by 3 notifications");
         fail(group, &StoreError::Unavailable("disk".into()));
         assert!(a.await.is_err());
         assert!(b.await.is_err());
@@ -234,9 +270,9 @@ mod tests {
     #[tokio::test]
     async fn after_a_failed_group_the_appends_queued_behind_it_fail_too() {
         let (q, mut rx) = queue();
-        let a = q.append(vec![n("1")]);
+        let a = q.append(vec![n("1")], None);
         let group = rx.next_group(1).await.expect("group");
-        let b = q.append(vec![n("2")]);
+        let b = q.append(vec![n("2")], None);
         let trim = q.trim(5);
         let error = StoreError::Unavailable("redis".into());
         fail(group, &error);
@@ -246,18 +282,42 @@ mod tests {
         assert!(matches!(rest.as_slice(), [Item::Trim { cutoff_ms: 5, .. }]));
         drop(rest);
         drop(trim);
-        let c = q.append(vec![n("3")]);
+        let c = q.append(vec![n("3")], None);
         assert_eq!(rx.try_group(10).len(), 1, "later appends are taken again");
         drop(c);
     }
 
     #[tokio::test]
+    async fn a_broken_fence_fails_its_streams_later_appends_until_it_resumes() {
+        let (q, mut rx) = queue();
+        let fence = Arc::new(Fence::default());
+        let other = Arc::new(Fence::default());
+        let a = q.append(vec![n("1")], Some(&fence));
+        let group = rx.next_group(10).await.expect("group");
+        fail(group, &StoreError::Unavailable("redis".into()));
+        assert!(a.await.is_err());
+        assert!(fence.is_broken());
+        // Submitted after the failure but before the stream saw it: failed
+        // uncommitted; another stream goes on.
+        let b = q.append(vec![n("2")], Some(&fence));
+        let c = q.append(vec![n("3")], Some(&other));
+        let group = rx.try_group(10);
+        assert_eq!(keys(&group), ["3"]);
+        assert!(b.await.is_err());
+        drop((group, c));
+        fence.resume();
+        let d = q.append(vec![n("2")], Some(&fence));
+        assert_eq!(keys(&rx.try_group(10)), ["2"], "taken again after resume");
+        drop(d);
+    }
+
+    #[tokio::test]
     async fn empty_batches_and_closed_queues_answer_at_once() {
         let (q, mut rx) = queue();
-        assert!(q.append(Vec::new()).await.expect("empty").is_empty());
+        assert!(q.append(Vec::new(), None).await.expect("empty").is_empty());
         let closing = tokio::spawn(async move {
             q.close().await;
-            q.append(vec![n("1")]).await
+            q.append(vec![n("1")], None).await
         });
         let group = rx.next_group(10).await.expect("close");
         assert!(matches!(group[0], Item::Close(_)));

@@ -172,6 +172,31 @@ impl StoreError {
     }
 }
 
+/// The order guard of one stream of appends; see [`Store::append_fenced`].
+///
+/// Without it, a stream with appends in flight could see one fail (a
+/// store outage) and a later one, submitted before the stream learned of
+/// the failure, committed after the outage: the later record would sit in
+/// the log ahead of the failed ones the stream then retries.
+#[derive(Debug, Default)]
+pub struct Fence {
+    pub(crate) broken: std::sync::atomic::AtomicBool,
+}
+
+impl Fence {
+    /// Whether an append of the stream failed since the last resume.
+    pub fn is_broken(&self) -> bool {
+        self.broken.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Accept the stream's appends again. Call it once every append in
+    /// flight has answered, before submitting the failed ones again.
+    pub fn resume(&self) {
+        self.broken
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// Why a store could not be opened at start.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -215,6 +240,20 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         &self,
         batch: Vec<NewNotification>,
     ) -> BoxFuture<'static, Result<Vec<Appended>, StoreError>>;
+
+    /// [`Store::append`] for an ordered stream of appends (one Kafka
+    /// partition) that keeps several in flight: once one of them fails,
+    /// every later append of the stream fails too, uncommitted, until the
+    /// stream calls [`Fence::resume`]. Stores whose appends cannot fail
+    /// one by one (memory) need not look at the fence.
+    fn append_fenced(
+        &self,
+        batch: Vec<NewNotification>,
+        fence: &Arc<Fence>,
+    ) -> BoxFuture<'static, Result<Vec<Appended>, StoreError>> {
+        let _ = fence;
+        self.append(batch)
+    }
 
     /// Up to `limit` notifications of `channel` with offsets above `after`,
     /// plus the channel's epoch and retained range. `limit` 0 reads only the

@@ -25,7 +25,8 @@
 //!   command connection reconnects by itself (`ConnectionManager`). While
 //!   Redis is unreachable appends fail with [`StoreError::Unavailable`] and
 //!   sources do not acknowledge. A failed group also fails every append
-//!   queued behind it, so none commits ahead of an earlier failed one.
+//!   queued behind it and breaks its streams' fences ([`super::Fence`]),
+//!   so none commits ahead of an earlier failed one.
 //!
 //! Keys (`P` is `key_prefix`): `P ch:{channel}:m` (hash: `epoch`, `last`),
 //! `P ch:{channel}:l` (stream of entries with id `{offset}-0`, fields `t`
@@ -281,7 +282,15 @@ impl Store for RedisStore {
         &self,
         batch: Vec<NewNotification>,
     ) -> BoxFuture<'static, Result<Vec<Appended>, StoreError>> {
-        self.queue.append(batch)
+        self.queue.append(batch, None)
+    }
+
+    fn append_fenced(
+        &self,
+        batch: Vec<NewNotification>,
+        fence: &Arc<super::Fence>,
+    ) -> BoxFuture<'static, Result<Vec<Appended>, StoreError>> {
+        self.queue.append(batch, Some(fence))
     }
 
     fn read_after(
@@ -504,7 +513,7 @@ async fn commit(
             );
             let error = StoreError::Unavailable(format!("redis: {e}"));
             for request in appends {
-                let _ = request.reply.send(Err(error.clone()));
+                request.fail(&error);
             }
             false
         }

@@ -176,6 +176,11 @@ impl Run {
         self.produced.load(Ordering::Relaxed)
     }
 
+    /// Notifications the clients received so far.
+    pub fn received(&self) -> usize {
+        self.received.load(Ordering::Relaxed)
+    }
+
     /// Wait until at least `fraction` of all events were accepted.
     pub async fn wait_produced(&self, fraction: f64) {
         let want = (self.scenario.total() as f64 * fraction) as usize;

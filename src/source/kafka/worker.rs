@@ -33,7 +33,7 @@ use super::{BACKOFF_MAX, BACKOFF_MIN};
 use crate::event::{Event, Meta, SourceKind};
 use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Rejection};
-use crate::store::StoreError;
+use crate::store::{Fence, StoreError};
 
 /// What every partition worker shares.
 pub(super) struct Shared {
@@ -170,6 +170,7 @@ impl Shared {
         rec: Arc<Record>,
         drain: &CancellationToken,
         stamp: &mut Stamp,
+        fence: &Arc<Fence>,
     ) -> BoxFuture<'static, Outcome> {
         let kind = SourceKind::Kafka.as_str();
         match rec.decode(self.max_message_bytes, stamp) {
@@ -190,7 +191,7 @@ impl Shared {
                 .boxed()
             }
             Ok(event) => {
-                let append = self.pipeline.submit(&event);
+                let append = self.pipeline.submit(&event, Some(fence));
                 let this = self.clone();
                 let drain = drain.clone();
                 async move {
@@ -391,18 +392,21 @@ pub(super) async fn partition_worker(
     let mut window: FuturesOrdered<BoxFuture<'static, Outcome>> = FuturesOrdered::new();
     let mut backoff = BACKOFF_MIN;
     let mut stamp = Stamp::default();
+    // Once an append fails, the store fails every later one of this
+    // partition until the retry below: none can overtake the failed ones.
+    let fence = Arc::new(Fence::default());
     loop {
         // Take what is queued while the window has room. When it is full,
         // the records wait in librdkafka's queue, whose size limits hold
         // back fetching for this partition only.
-        while window.len() < shared.max_in_flight && !drain.is_cancelled() {
+        while window.len() < shared.max_in_flight && !drain.is_cancelled() && !fence.is_broken() {
             let Some(rec) = input.next() else {
                 break;
             };
             if next.load(Ordering::Relaxed) < 0 {
                 next.store(rec.offset, Ordering::Release);
             }
-            let mut processing = shared.start(Arc::new(rec), &drain, &mut stamp);
+            let mut processing = shared.start(Arc::new(rec), &drain, &mut stamp, &fence);
             // With nothing ahead of it, a record whose append is already
             // done (the memory store) is acknowledged without queueing.
             if window.is_empty() {
@@ -452,12 +456,14 @@ pub(super) async fn partition_worker(
                         () = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(BACKOFF_MAX);
+                    // Nothing of this partition is in flight any more.
+                    fence.resume();
                     for r in again {
-                        window.push_back(shared.start(r, &drain, &mut stamp));
+                        window.push_back(shared.start(r, &drain, &mut stamp, &fence));
                     }
                 }
             },
-            () = input.wake().notified(), if window.len() < shared.max_in_flight => {}
+            () = input.wake().notified(), if window.len() < shared.max_in_flight && !fence.is_broken() => {}
         }
     }
     while let Some((rec, result)) = window.next().await {
