@@ -12,10 +12,14 @@
 //!   thread takes everything queued, commits it in one transaction and one
 //!   fsync, publishes in order and answers. redb is blocking, so the writer
 //!   is a thread of its own and never blocks the async runtime;
-//! - retention by count happens in the append's own transaction (one delete
-//!   per append once a channel is full); retention by age runs in the same
-//!   writer, at most `TRIM_BUDGET` deletions per transaction between append
-//!   groups, so a large expiry never stalls appends;
+//! - a transaction writes each channel's new notifications as one chunk
+//!   (see [`chunk`]), one B-tree insert per channel rather than per
+//!   notification; chunks are never changed once written;
+//! - retention by count happens in the append's own transaction: the
+//!   channel's first offset moves, and chunks wholly below it are deleted;
+//!   retention by age runs in the same writer, at most `TRIM_BUDGET`
+//!   notifications per transaction between append groups, so a large
+//!   expiry never stalls appends;
 //! - a failed commit (disk full, I/O error) fails every append of its group
 //!   and every append queued behind it with [`StoreError::Unavailable`]
 //!   (see `group::Receiver::fail_queued_appends`), breaks the fences of
@@ -42,11 +46,13 @@
 //! per-append eviction.
 //!
 //! Layout (tables): `meta` (format, epoch), `counters` (next channel id),
-//! `channels` (name → id, last offset, swept: every `dedupe` row of the
-//! channel at or below it is gone), `entries` ((id, offset) → (time,
-//! fields)), `dedupe` ((id, key) → offset), `heads` ((time of the oldest
-//! retained entry, id): what retention by age visits; may be older than
-//! the real head after count trims, never newer).
+//! `channels` (name → id, first retained offset, last offset, swept: every
+//! `dedupe` row of the channel at or below it is gone), `entries` ((id,
+//! offset of a chunk's last notification) → chunk; a chunk may begin below
+//! the first retained offset, and readers skip that part), `dedupe` ((id,
+//! key) → offset), `heads` ((time of the oldest retained notification, id)
+//! → name: what retention by age visits; may be older than the real head
+//! after count trims, never newer).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -68,22 +74,24 @@ use crate::metrics::Metrics;
 
 const META: TableDefinition<'static, &str, &str> = TableDefinition::new("meta");
 const COUNTERS: TableDefinition<'static, &str, u64> = TableDefinition::new("counters");
-const CHANNELS: TableDefinition<'static, &str, (u64, u64, u64)> = TableDefinition::new("channels");
-const ENTRIES: TableDefinition<'static, (u64, u64), (u64, &str)> = TableDefinition::new("entries");
+const CHANNELS: TableDefinition<'static, &str, (u64, u64, u64, u64)> =
+    TableDefinition::new("channels");
+const ENTRIES: TableDefinition<'static, (u64, u64), &[u8]> = TableDefinition::new("entries");
 const DEDUPE: TableDefinition<'static, (u64, &str), u64> = TableDefinition::new("dedupe");
-const HEADS: TableDefinition<'static, (u64, u64), ()> = TableDefinition::new("heads");
+const HEADS: TableDefinition<'static, (u64, u64), &str> = TableDefinition::new("heads");
 
 /// The on-disk layout version; another one is refused at start. Version 1
-/// kept a `dedupe_order` table and no sweep point per channel.
-const FORMAT: &str = "2";
+/// kept a `dedupe_order` table and no sweep point per channel; version 2
+/// one `entries` row per notification.
+const FORMAT: &str = "3";
 /// The database file inside `store.path`.
 pub const FILE_NAME: &str = "herald.redb";
 const NEXT_ID: &str = "next_channel_id";
 /// Newest notifications per channel kept in memory for replay and gap fill.
 const TAIL: usize = 64;
 /// Most notifications committed in one transaction.
-const MAX_GROUP: usize = 16384;
-/// Most entries retention by age deletes in one transaction.
+const MAX_GROUP: usize = 32768;
+/// Most notifications retention by age trims in one transaction.
 const TRIM_BUDGET: usize = 4096;
 /// Channels retention by age visits in one transaction.
 const TRIM_HEADS: usize = 256;
@@ -219,7 +227,6 @@ impl DiskStore {
             shared: shared.clone(),
             rx,
             loaded: HashMap::new(),
-            by_id: HashMap::new(),
             next_id,
             max_per_channel: config.max_per_channel.max(1) as u64,
             dedupe_window: config.dedupe_window.max(1) as u64,
@@ -315,32 +322,37 @@ fn read_disk(
         last: 0,
         entries: Vec::new(),
     };
-    let Some((id, last, _)) = txn.open_table(CHANNELS)?.get(channel)?.map(|v| v.value()) else {
+    let Some((id, first, last, _)) = txn.open_table(CHANNELS)?.get(channel)?.map(|v| v.value())
+    else {
         return Ok(page);
     };
+    (page.first, page.last) = (first, last);
+    if limit == 0 {
+        return Ok(page);
+    }
+    let start = after.saturating_add(1).max(first);
+    let name: Arc<str> = channel.into();
+    let name_json = serde_json::to_string(channel).unwrap_or_default();
     let entries = txn.open_table(ENTRIES)?;
-    page.last = last;
-    page.first = match entries.range((id, 0)..=(id, u64::MAX))?.next() {
-        Some(item) => item?.0.value().1,
-        None => last + 1,
-    };
-    if limit > 0 {
-        let name: Arc<str> = channel.into();
-        let name_json = serde_json::to_string(channel).unwrap_or_default();
-        for item in entries
-            .range((id, after.saturating_add(1))..=(id, u64::MAX))?
-            .take(limit)
-        {
-            let (key, value) = item?;
-            let (at_ms, fields) = value.value();
+    // The chunk holding `start` is the first whose last offset is >= it.
+    'chunks: for item in entries.range((id, start)..=(id, u64::MAX))? {
+        let (_, chunk) = item?;
+        for record in chunk::decode(chunk.value())? {
+            let (offset, at_ms, fields) = record?;
+            if offset < start {
+                continue;
+            }
             page.entries.push(Arc::new(Delivery::build(
                 name.clone(),
                 &name_json,
                 epoch.clone(),
-                key.value().1,
+                offset,
                 at_ms,
                 fields,
             )));
+            if page.entries.len() == limit {
+                break 'chunks;
+            }
         }
     }
     Ok(page)
@@ -457,7 +469,6 @@ struct PendingTrim {
 #[derive(Debug, Default)]
 struct Outcome {
     staged: HashMap<Arc<str>, Meta>,
-    staged_ids: HashMap<u64, Arc<str>>,
     next_id: u64,
     results: Vec<Vec<Appended>>,
     deliveries: Vec<Arc<Delivery>>,
@@ -478,9 +489,8 @@ struct Outcome {
 struct Writer {
     shared: Arc<Shared>,
     rx: group::Receiver,
-    /// Channels loaded from the database since start, by name and id.
+    /// Channels loaded from the database since start.
     loaded: HashMap<Arc<str>, Meta>,
-    by_id: HashMap<u64, Arc<str>>,
     next_id: u64,
     max_per_channel: u64,
     dedupe_window: u64,
@@ -593,7 +603,6 @@ impl Writer {
         // A failed commit may still have reached the disk: forget what
         // memory believes and reload channels from the database.
         self.loaded.clear();
-        self.by_id.clear();
         self.shared
             .channels
             .write()
@@ -624,10 +633,15 @@ impl Writer {
             let mut entries = txn.open_table(ENTRIES)?;
             let mut dedupe = txn.open_table(DEDUPE)?;
             let mut heads = txn.open_table(HEADS)?;
+            // This transaction's chunk per channel id, written when full
+            // and at the end.
+            let mut chunks: HashMap<u64, chunk::Builder> = HashMap::new();
+            // Channels whose first offset moved (retention by count).
+            let mut trimmed: HashMap<u64, u64> = HashMap::new();
             for request in appends {
                 let mut results = Vec::with_capacity(request.batch.len());
                 for n in &request.batch {
-                    let name = self.stage(&mut out, &channels, &entries, &n.channel)?;
+                    let name = self.stage(&mut out, &channels, &n.channel)?;
                     let Some(meta) = out.staged.get_mut(&name) else {
                         continue; // stage() just inserted it
                     };
@@ -650,16 +664,24 @@ impl Writer {
                         });
                         continue;
                     }
-                    entries.insert((id, offset), (request.at_ms, n.fields.as_str()))?;
+                    let chunk = chunks
+                        .entry(id)
+                        .or_insert_with(|| chunk::Builder::new(offset));
+                    if chunk.is_full() {
+                        entries.insert((id, chunk.last()), chunk.bytes())?;
+                        *chunk = chunk::Builder::new(offset);
+                    }
+                    chunk.push(request.at_ms, &n.fields);
                     if meta.first > meta.last {
                         // The channel was empty: retention by age must visit it.
-                        heads.insert((request.at_ms, id), ())?;
+                        heads.insert((request.at_ms, id), &*name)?;
                     }
                     meta.last = offset;
-                    while meta.last - meta.first + 1 > self.max_per_channel {
-                        entries.remove((id, meta.first))?;
-                        meta.first += 1;
-                        out.trimmed_by_count += 1;
+                    if meta.last - meta.first + 1 > self.max_per_channel {
+                        let first = meta.last + 1 - self.max_per_channel;
+                        out.trimmed_by_count += usize::try_from(first - meta.first).unwrap_or(0);
+                        meta.first = first;
+                        trimmed.insert(id, first);
                     }
                     out.deliveries.push(Arc::new(Delivery::build(
                         name.clone(),
@@ -677,12 +699,21 @@ impl Writer {
                 }
                 out.results.push(results);
             }
+            for (id, chunk) in &chunks {
+                if !chunk.is_empty() {
+                    entries.insert((*id, chunk.last()), chunk.bytes())?;
+                }
+            }
+            for (id, first) in trimmed {
+                entries.retain_in((id, 0)..(id, first), |_, _| false)?;
+            }
             if let Some(cutoff) = self.trim.as_ref().map(|t| t.cutoff_ms) {
-                out.trim_done = self.trim_slice(&mut out, cutoff, &mut entries, &mut heads)?;
+                out.trim_done =
+                    self.trim_slice(&mut out, cutoff, &channels, &mut entries, &mut heads)?;
             }
             self.sweep_slice(&mut out, &mut dedupe)?;
             for (name, meta) in &out.staged {
-                channels.insert(&**name, (meta.id, meta.last, meta.swept))?;
+                channels.insert(&**name, (meta.id, meta.first, meta.last, meta.swept))?;
             }
             if out.next_id != self.next_id {
                 txn.open_table(COUNTERS)?.insert(NEXT_ID, out.next_id)?;
@@ -697,8 +728,7 @@ impl Writer {
     fn stage(
         &mut self,
         out: &mut Outcome,
-        channels: &redb::Table<'_, &'static str, (u64, u64, u64)>,
-        entries: &redb::Table<'_, (u64, u64), (u64, &'static str)>,
+        channels: &redb::Table<'_, &'static str, (u64, u64, u64, u64)>,
         channel: &str,
     ) -> Result<Arc<str>, redb::Error> {
         if let Some((name, _)) = out.staged.get_key_value(channel) {
@@ -710,19 +740,13 @@ impl Writer {
                 let name: Arc<str> = channel.into();
                 let name_json: Arc<str> = serde_json::to_string(channel).unwrap_or_default().into();
                 let meta = match channels.get(channel)?.map(|v| v.value()) {
-                    Some((id, last, swept)) => {
-                        let first = match entries.range((id, 0)..=(id, u64::MAX))?.next() {
-                            Some(item) => item?.0.value().1,
-                            None => last + 1,
-                        };
-                        Meta {
-                            id,
-                            first,
-                            last,
-                            swept,
-                            name_json,
-                        }
-                    }
+                    Some((id, first, last, swept)) => Meta {
+                        id,
+                        first,
+                        last,
+                        swept,
+                        name_json,
+                    },
                     None => {
                         let id = out.next_id;
                         out.next_id += 1;
@@ -752,67 +776,67 @@ impl Writer {
                 (name, meta)
             }
         };
-        out.staged_ids.insert(meta.id, name.clone());
         out.staged.insert(name.clone(), meta);
         Ok(name)
     }
 
-    /// Delete up to `TRIM_BUDGET` entries older than `cutoff`, oldest
+    /// Trim up to `TRIM_BUDGET` notifications older than `cutoff`, oldest
     /// channels first. True when nothing older than `cutoff` is left.
     fn trim_slice(
         &mut self,
         out: &mut Outcome,
         cutoff: u64,
-        entries: &mut redb::Table<'_, (u64, u64), (u64, &'static str)>,
-        heads: &mut redb::Table<'_, (u64, u64), ()>,
+        channels: &redb::Table<'_, &'static str, (u64, u64, u64, u64)>,
+        entries: &mut redb::Table<'_, (u64, u64), &'static [u8]>,
+        heads: &mut redb::Table<'_, (u64, u64), &'static str>,
     ) -> Result<bool, redb::Error> {
-        let due: Vec<(u64, u64)> = heads
+        let due: Vec<((u64, u64), String)> = heads
             .range(..(cutoff, 0))?
             .take(TRIM_HEADS)
-            .map(|item| item.map(|(k, _)| k.value()))
+            .map(|item| item.map(|(k, v)| (k.value(), v.value().to_string())))
             .collect::<Result<_, _>>()?;
         let mut budget = TRIM_BUDGET;
         let mut done = due.len() < TRIM_HEADS;
-        for (at, id) in due {
+        for ((at, id), name) in due {
             if budget == 0 {
                 done = false;
                 break;
             }
             heads.remove((at, id))?;
-            let mut expired = Vec::new();
+            let name = self.stage(out, channels, &name)?;
+            let Some(meta) = out.staged.get(&name) else {
+                continue;
+            };
+            let (old_first, mut first) = (meta.first, meta.first);
+            // The time of the oldest notification kept, if any is.
             let mut head = None;
-            for item in entries.range((id, 0)..=(id, u64::MAX))? {
-                let (key, value) = item?;
-                let (offset, at_ms) = (key.value().1, value.value().0);
-                if at_ms < cutoff && expired.len() < budget {
-                    expired.push(offset);
-                } else {
-                    head = Some((offset, at_ms));
-                    break;
+            'chunks: for item in entries.range((id, first)..=(id, u64::MAX))? {
+                let (_, chunk) = item?;
+                for record in chunk::decode(chunk.value())? {
+                    let (offset, at_ms, _) = record?;
+                    if offset < first {
+                        continue;
+                    }
+                    if at_ms >= cutoff || budget == 0 {
+                        head = Some(at_ms);
+                        break 'chunks;
+                    }
+                    first = offset + 1;
+                    budget -= 1;
                 }
             }
-            for offset in &expired {
-                entries.remove((id, *offset))?;
-            }
-            budget -= expired.len();
-            out.trimmed_by_age += expired.len();
-            if let Some((_, at_ms)) = head {
-                heads.insert((at_ms, id), ())?;
+            if let Some(at_ms) = head {
+                heads.insert((at_ms, id), &*name)?;
                 if at_ms < cutoff {
                     done = false;
                 }
             }
-            let name = self
-                .by_id
-                .get(&id)
-                .or_else(|| out.staged_ids.get(&id))
-                .cloned();
-            if let Some(name) = name {
-                let Some(meta) = restage(out, &self.loaded, &name) else {
-                    continue;
-                };
-                meta.first = head.map_or(meta.last + 1, |(offset, _)| offset);
-                let first = meta.first;
+            if first > old_first {
+                entries.retain_in((id, 0)..(id, first), |_, _| false)?;
+                out.trimmed_by_age += usize::try_from(first - old_first).unwrap_or(0);
+                if let Some(meta) = out.staged.get_mut(&name) {
+                    meta.first = first;
+                }
                 out.firsts.push((name, first));
             }
         }
@@ -866,7 +890,6 @@ impl Writer {
         let shared = &self.shared;
         let appended = out.deliveries.len();
         self.next_id = out.next_id;
-        self.by_id.extend(out.staged_ids);
         match out.swept {
             Some(_) if out.sweep_done => {
                 if let Some(done) = self.sweeps.pop_front() {
@@ -989,5 +1012,6 @@ fn other(e: StoreError) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
+mod chunk;
 #[cfg(test)]
 mod tests;

@@ -143,6 +143,35 @@ async fn retention_by_count_reads_the_same_from_memory_and_disk() {
 }
 
 #[tokio::test]
+async fn a_chunk_partly_below_the_first_offset_is_read_from_the_first() {
+    let f = Fixture::new();
+    let store = f.open(150, 1000);
+    for round in 0..3 {
+        let batch = (0..100)
+            .map(|i| n("c", &format!("k{}", round * 100 + i)))
+            .collect();
+        store.append(batch).await.expect("append");
+    }
+    let page = store.read_after("c", 0, 1000).await.expect("read");
+    assert_eq!((page.first, page.last), (151, 300));
+    assert_eq!(offsets(&page), (151..=300).collect::<Vec<_>>());
+    let inside = store.read_after("c", 160, 3).await.expect("read");
+    assert_eq!(offsets(&inside), [161, 162, 163]);
+    store.close().await.expect("close");
+    // Only the chunk wholly below 151 is gone: 101..=200 and 201..=300 stay.
+    let db = Database::create(f.dir.path().join(FILE_NAME)).expect("open");
+    let txn = db.begin_read().expect("read");
+    let keys: Vec<(u64, u64)> = txn
+        .open_table(ENTRIES)
+        .expect("entries")
+        .iter()
+        .expect("iter")
+        .map(|item| item.expect("row").0.value())
+        .collect();
+    assert_eq!(keys.iter().map(|k| k.1).collect::<Vec<_>>(), [200, 300]);
+}
+
+#[tokio::test]
 async fn retention_by_age_trims_in_the_background_and_survives_reopen() {
     let f = Fixture::new();
     let store = f.open(1000, 1000);
@@ -211,7 +240,7 @@ async fn the_dedupe_window_forgets_the_oldest_keys() {
 /// The dedupe rows of `channel` in the database at `dir`, as (key, offset).
 fn dedupe_rows(db: &Database, channel: &str) -> Vec<(String, u64)> {
     let txn = db.begin_read().expect("read");
-    let (id, _, _) = txn
+    let (id, _, _, _) = txn
         .open_table(CHANNELS)
         .expect("channels")
         .get(channel)
@@ -314,5 +343,5 @@ async fn a_database_of_another_layout_is_refused_clearly() {
         .expect_err("refused");
     let text = err.to_string();
     assert!(text.contains("layout version 1"), "{text}");
-    assert!(text.contains("reads version 2"), "{text}");
+    assert!(text.contains("reads version 3"), "{text}");
 }
