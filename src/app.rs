@@ -115,7 +115,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut sources = Vec::new();
     for (i, source_config) in config.sources.iter().enumerate() {
         let name = source_name(&config.sources, i);
-        let source = source_config.build(&name)?;
+        let source = source_config.build(&name, config.store.kind)?;
         sources.push((name, source));
     }
 

@@ -102,7 +102,7 @@ rules:
     ));
     let mut source = kafka::source(&kafka.brokers, &[&topic], &unique("g"));
     // A tiny window: each worker keeps stopping and resuming its reads.
-    source.max_in_flight = 2;
+    source.max_in_flight = Some(2);
     let h = Herald::start_with(|c| {
         c.rules.path = Some(rules);
         c.sources = vec![kafka::kafka_source(source)];

@@ -210,7 +210,7 @@ async fn redis_dropping_connections_mid_append_keeps_each_partitions_order() {
     let topic = unique("dropping");
     kafka.create_topic(&topic, PARTITIONS).await;
     let mut source = kafka::source(&kafka.brokers, &[&topic], &unique("g"));
-    source.max_in_flight = 256;
+    source.max_in_flight = Some(256);
     let prefix = redis_server::prefix();
     let h = node(&redis.url(), &prefix, |c| {
         c.sources = vec![kafka::kafka_source(source)];

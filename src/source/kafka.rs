@@ -59,6 +59,7 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
 use super::{Source, SourceContext, SourceError};
+use crate::config::StoreKind;
 use context::{ConsumerCtx, ProducerCtx};
 use worker::{DeadLetter, Shared};
 
@@ -112,21 +113,29 @@ pub struct KafkaSourceConfig {
     /// Largest message value accepted; larger ones are poison (`too_large`).
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// Events per partition whose appends may be in flight at once.
-    #[serde(default = "default_max_in_flight")]
-    pub max_in_flight: usize,
+    /// Events per partition whose appends may be in flight at once;
+    /// unset, [`default_max_in_flight`] for the node's store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<usize>,
 }
 
 fn default_max_message_bytes() -> usize {
     1024 * 1024
 }
 
-/// Right for the memory store (a deeper window costs it ~15 % of its
-/// throughput); a disk-store node does better with 4096–8192, which lets
-/// group commit batch more per fsync (BENCHMARKS.md, "ingest with the disk
-/// store"), at up to that many copied messages per partition in memory.
-fn default_max_in_flight() -> usize {
-    1024
+/// The window when `max_in_flight` is not set. 1024 suits the memory store
+/// (a deeper window costs it ~15 % of its throughput) and Redis (whose
+/// groups are bounded by the script call). The disk store commits what is
+/// queued while its last fsync ran, so a deeper window makes bigger groups
+/// and fewer B-tree pages per notification: 8192 (Kafka → disk over 1000
+/// channels 16.8k events/s at 1024, 53.6k at 8192; BENCHMARKS.md, "ingest
+/// with the disk store"), at up to that many copied messages per
+/// partition in memory.
+pub fn default_max_in_flight(store: StoreKind) -> usize {
+    match store {
+        StoreKind::Disk => 8192,
+        StoreKind::Memory | StoreKind::Redis => 1024,
+    }
 }
 
 impl KafkaSourceConfig {
@@ -164,7 +173,7 @@ impl KafkaSourceConfig {
         if self.max_message_bytes == 0 {
             return fail("max_message_bytes", "must be greater than 0");
         }
-        if self.max_in_flight == 0 {
+        if self.max_in_flight == Some(0) {
             return fail("max_in_flight", "must be greater than 0");
         }
         for (key, why) in RESERVED {
@@ -189,8 +198,9 @@ impl KafkaSourceConfig {
     }
 
     /// Create the consumer and the dead-letter producer. librdkafka checks
-    /// every property here, so a bad one is a start-up error.
-    pub fn build(&self, name: &str) -> Result<KafkaSource, SourceError> {
+    /// every property here, so a bad one is a start-up error. `store` is
+    /// the node's store kind, for the default of `max_in_flight`.
+    pub fn build(&self, name: &str, store: StoreKind) -> Result<KafkaSource, SourceError> {
         let config_error = |what: &str, e: KafkaError| SourceError::Config {
             source_name: name.to_string(),
             message: format!("{what}: {}", describe_config_error(&e)),
@@ -239,6 +249,9 @@ impl KafkaSourceConfig {
             consumer,
             dead_letter,
             config: self.clone(),
+            max_in_flight: self
+                .max_in_flight
+                .unwrap_or_else(|| default_max_in_flight(store)),
         })
     }
 }
@@ -258,6 +271,8 @@ pub struct KafkaSource {
     consumer: BaseConsumer<ConsumerCtx>,
     dead_letter: Option<DeadLetter>,
     config: KafkaSourceConfig,
+    /// `config.max_in_flight` or its default for the node's store.
+    max_in_flight: usize,
 }
 
 impl std::fmt::Debug for KafkaSource {
@@ -275,6 +290,7 @@ impl Source for KafkaSource {
                 consumer,
                 dead_letter,
                 config,
+                max_in_flight,
             } = *self;
             ctx.set_ready(false, format!("connecting to {}", config.brokers));
             let shared = Arc::new(Shared {
@@ -282,7 +298,7 @@ impl Source for KafkaSource {
                 metrics: ctx.pipeline.metrics().clone(),
                 dead_letter,
                 max_message_bytes: config.max_message_bytes,
-                max_in_flight: config.max_in_flight,
+                max_in_flight,
             });
             let run = Run {
                 source: ctx.clone(),
@@ -386,8 +402,21 @@ mod tests {
             properties: BTreeMap::new(),
             dead_letter_topic: None,
             max_message_bytes: 100,
-            max_in_flight: 4,
+            max_in_flight: Some(4),
         }
+    }
+
+    #[test]
+    fn the_window_defaults_by_store_and_a_set_one_wins() {
+        let mut c = config();
+        c.max_in_flight = None;
+        let window =
+            |c: &KafkaSourceConfig, store| c.build("k", store).expect("build").max_in_flight;
+        assert_eq!(window(&c, StoreKind::Disk), 8192);
+        assert_eq!(window(&c, StoreKind::Memory), 1024);
+        assert_eq!(window(&c, StoreKind::Redis), 1024);
+        c.max_in_flight = Some(7);
+        assert_eq!(window(&c, StoreKind::Disk), 7);
     }
 
     #[test]
@@ -408,7 +437,7 @@ mod tests {
             Some("properties.\"enable.auto.offset.store\"")
         );
         let mut c = config();
-        c.max_in_flight = 0;
+        c.max_in_flight = Some(0);
         assert_eq!(key(c).as_deref(), Some("max_in_flight"));
     }
 
@@ -416,7 +445,9 @@ mod tests {
     fn a_bad_property_is_a_configuration_error_naming_it() {
         let mut c = config();
         c.properties.insert("no.such.property".into(), "1".into());
-        let err = c.build("kafka").expect_err("librdkafka rejects it");
+        let err = c
+            .build("kafka", StoreKind::Memory)
+            .expect_err("librdkafka rejects it");
         assert!(matches!(err, SourceError::Config { .. }), "{err}");
         assert!(err.to_string().contains("no.such.property"), "{err}");
     }

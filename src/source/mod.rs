@@ -18,6 +18,7 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::StoreKind;
 use crate::pipeline::Pipeline;
 
 /// One `[[sources]]` entry.
@@ -69,11 +70,12 @@ impl SourceConfig {
 
     /// Build the runnable source named `name`. Fails with
     /// [`SourceError::Config`] when its client rejects the settings.
-    pub fn build(&self, name: &str) -> Result<Box<dyn Source>, SourceError> {
+    /// `store` is the node's store kind (some defaults depend on it).
+    pub fn build(&self, name: &str, store: StoreKind) -> Result<Box<dyn Source>, SourceError> {
         Ok(match self {
             SourceConfig::Http(_) => Box::new(http::HttpSource),
             SourceConfig::Amqp(c) => Box::new(amqp::AmqpSource::new(c.clone())),
-            SourceConfig::Kafka(c) => Box::new(c.build(name)?),
+            SourceConfig::Kafka(c) => Box::new(c.build(name, store)?),
         })
     }
 }

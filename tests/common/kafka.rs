@@ -51,7 +51,7 @@ pub fn source(brokers: &str, topics: &[&str], group: &str) -> KafkaSourceConfig 
         properties: test_properties(),
         dead_letter_topic: None,
         max_message_bytes: 1024 * 1024,
-        max_in_flight: 1024,
+        max_in_flight: None,
     }
 }
 
