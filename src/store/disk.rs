@@ -333,15 +333,11 @@ fn read_disk(
     let start = after.saturating_add(1).max(first);
     let name: Arc<str> = channel.into();
     let name_json = serde_json::to_string(channel).unwrap_or_default();
-    let entries = txn.open_table(ENTRIES)?;
-    // The chunk holding `start` is the first whose last offset is >= it.
-    'chunks: for item in entries.range((id, start)..=(id, u64::MAX))? {
-        let (_, chunk) = item?;
-        for record in chunk::decode(chunk.value())? {
-            let (offset, at_ms, fields) = record?;
-            if offset < start {
-                continue;
-            }
+    each_from(
+        &txn.open_table(ENTRIES)?,
+        id,
+        start,
+        |offset, at_ms, fields| {
             page.entries.push(Arc::new(Delivery::build(
                 name.clone(),
                 &name_json,
@@ -350,12 +346,31 @@ fn read_disk(
                 at_ms,
                 fields,
             )));
-            if page.entries.len() == limit {
-                break 'chunks;
+            page.entries.len() < limit
+        },
+    )?;
+    Ok(page)
+}
+
+/// Visit channel `id`'s notifications from offset `start` on, in order,
+/// with (offset, time in ms, fields), while `visit` returns true.
+fn each_from(
+    entries: &impl ReadableTable<(u64, u64), &'static [u8]>,
+    id: u64,
+    start: u64,
+    mut visit: impl FnMut(u64, u64, &str) -> bool,
+) -> Result<(), redb::Error> {
+    // The chunk holding `start` is the first whose last offset is >= it.
+    for item in entries.range((id, start)..=(id, u64::MAX))? {
+        let (_, chunk) = item?;
+        for record in chunk::decode(chunk.value())? {
+            let (offset, at_ms, fields) = record?;
+            if offset >= start && !visit(offset, at_ms, fields) {
+                return Ok(());
             }
         }
     }
-    Ok(page)
+    Ok(())
 }
 
 impl Store for DiskStore {
@@ -810,21 +825,15 @@ impl Writer {
             let (old_first, mut first) = (meta.first, meta.first);
             // The time of the oldest notification kept, if any is.
             let mut head = None;
-            'chunks: for item in entries.range((id, first)..=(id, u64::MAX))? {
-                let (_, chunk) = item?;
-                for record in chunk::decode(chunk.value())? {
-                    let (offset, at_ms, _) = record?;
-                    if offset < first {
-                        continue;
-                    }
-                    if at_ms >= cutoff || budget == 0 {
-                        head = Some(at_ms);
-                        break 'chunks;
-                    }
-                    first = offset + 1;
-                    budget -= 1;
+            each_from(&*entries, id, old_first, |offset, at_ms, _| {
+                if at_ms >= cutoff || budget == 0 {
+                    head = Some(at_ms);
+                    return false;
                 }
-            }
+                first = offset + 1;
+                budget -= 1;
+                true
+            })?;
             if let Some(at_ms) = head {
                 heads.insert((at_ms, id), &*name)?;
                 if at_ms < cutoff {
