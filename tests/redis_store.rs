@@ -1,5 +1,6 @@
 //! The Redis store: several herald nodes sharing one Redis, Redis restarts
-//! and outages, and a Redis that lost its data. The shared Redis of the
+//! and outages, order across appends failed by dropped connections (Kafka
+//! and RabbitMQ sources), and a Redis that lost its data. The shared Redis of the
 //! machine (nothing on disk) serves tests that only need a Redis, each
 //! under its own key prefix; tests that restart Redis start their own.
 #![allow(clippy::unwrap_used)]
@@ -9,10 +10,11 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::amqp::{Created, amqp_url};
 use common::crash::{HttpProducer, Run, Scenario};
 use common::kafka::{self, Kafka};
 use common::process::Process;
-use common::producers::KafkaProducer;
+use common::producers::{AmqpProducer, KafkaProducer};
 use common::redis_server::{self, RedisServer, SHARED_URL};
 use common::{Herald, epoch_of, offsets, unique};
 use herald::config::StoreKind;
@@ -195,6 +197,38 @@ async fn a_redis_restart_loses_nothing_acknowledged() {
     h.stop().await;
 }
 
+/// `CLIENT KILL` every client connection of `redis` (herald's) whenever
+/// herald is appending, until the clients received 90 % of `total` or
+/// after 40 kills; returns the kills.
+async fn drop_connections_while_appending<F: std::future::Future<Output = f64>>(
+    redis: &RedisServer,
+    run: &Run,
+    total: usize,
+    appended: impl Fn() -> F,
+) -> usize {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut kills = 0;
+    while run.received() < total * 9 / 10 && kills < 40 {
+        let before = appended().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if appended().await > before {
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("normal")
+                .arg("SKIPME")
+                .arg("yes")
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap();
+            kills += 1;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+    kills
+}
+
 /// Redis drops herald's connections now and then (`CLIENT KILL`) while
 /// the Kafka partitions keep many appends in flight: the group on the wire
 /// fails, and the connection comes back at once. The partition's appends
@@ -230,27 +264,10 @@ async fn redis_dropping_connections_mid_append_keeps_each_partitions_order() {
         vec![h.ws_url("").trim_end_matches('?').to_string()],
     )
     .await;
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut kills = 0;
-    while run.received() < scenario.total() * 9 / 10 && kills < 40 {
-        let appended = h.metric("herald_notifications_appended_total").await;
-        // Only while appends are in flight.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if h.metric("herald_notifications_appended_total").await > appended {
-            redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("normal")
-                .arg("SKIPME")
-                .arg("yes")
-                .query_async::<i64>(&mut conn)
-                .await
-                .unwrap();
-            kills += 1;
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-    }
+    let kills = drop_connections_while_appending(&redis, &run, scenario.total(), || {
+        h.metric("herald_notifications_appended_total")
+    })
+    .await;
     let report = run.finish().await;
     let (_, metrics) = h.get("/metrics").await;
     report.assert_exactly_once(&metrics);
@@ -265,6 +282,73 @@ async fn redis_dropping_connections_mid_append_keeps_each_partitions_order() {
     );
     h.stop().await;
     kafka.delete_topics(&[&topic]).await;
+}
+
+/// The same with a RabbitMQ queue (prefetch 300): after a failed append
+/// the consume session's later appends fail too, herald closes the
+/// connection, and the broker requeues them behind the failed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_dropping_connections_keeps_the_queues_order() {
+    let mut created = Created::default();
+    let exchange = unique("x-dropping");
+    let queue = unique("q-dropping");
+    created.exchanges.push(exchange.clone());
+    created.queues.push(queue.clone());
+    let redis = RedisServer::start(false);
+    let prefix = redis_server::prefix();
+    let mut herald = Process::start(&format!(
+        r#"
+[store]
+kind = "redis"
+url = "{}"
+key_prefix = "{prefix}"
+[delivery]
+queue_capacity = 4096
+[[sources]]
+kind = "amqp"
+url = "{}"
+queue = "{queue}"
+prefetch = 300
+bindings = [{{ exchange = "{exchange}", routing_key = "dropping.#" }}]
+"#,
+        redis.url(),
+        amqp_url(),
+    ));
+    assert!(
+        herald.wait_ready(200, Duration::from_secs(30)).await,
+        "{}",
+        herald.log()
+    );
+    let scenario = Scenario {
+        channels: 6,
+        per_channel: 1000,
+        batch: 50,
+        within: Duration::from_secs(150),
+    };
+    let producer = Arc::new(AmqpProducer::connect(&amqp_url(), &exchange, "dropping.event").await);
+    let run = Run::start(
+        &scenario,
+        &unique("user"),
+        producer,
+        vec![herald.ws_url("").trim_end_matches('?').to_string()],
+    )
+    .await;
+    let kills = drop_connections_while_appending(&redis, &run, scenario.total(), || {
+        herald.metric("herald_notifications_appended_total")
+    })
+    .await;
+    let report = run.finish().await;
+    report.assert_exactly_once(&herald.log());
+    assert_eq!(report.produced, scenario.total());
+    assert!(kills >= 5, "only {kills} connection drops mid-stream");
+    assert!(
+        herald
+            .metric(r#"herald_store_errors_total{op="append"}"#)
+            .await
+            > 0.0,
+        "appends failed"
+    );
+    herald.stop();
 }
 
 #[tokio::test]
