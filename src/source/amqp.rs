@@ -26,8 +26,7 @@
 //!   messages map to the same dedupe keys and append nothing new. A
 //!   session's appends share one [`Fence`]: after one fails, none of its
 //!   later ones commits, so the requeued messages keep the queue's order.
-//!   `/readyz`
-//!   reports the source not ready until it consumes again.
+//!   `/readyz` reports the source not ready until it consumes again.
 //!
 //! The default dedupe key's root ([`Meta::position`]) is the AMQP
 //! `message_id` when the producer sets one, else a hash of exchange, routing
