@@ -20,7 +20,11 @@
 //! that time, so the group join is not counted. Prints events/s per run,
 //! the median and the spread, herald's CPU time (all its threads,
 //! librdkafka's included) per event and, for disk and Redis, notifications
-//! per commit. `--in-flight N` sets the source's `max_in_flight` (appends
+//! per commit. `--random-keys` gives every event a random `event_id` and
+//! runs the built-in rule with `dedupe_key: "{{ event.event_id }}"`
+//! (keys that do not grow with the offset, unlike the default Kafka key:
+//! the disk store's worst case once dedupe windows fill). `--in-flight N`
+//! sets the source's `max_in_flight` (appends
 //! in flight per partition; herald's default otherwise), the group-commit
 //! lever for the disk store. HERALD_BIN runs another build of herald (say, the one
 //! before a change) with this harness. Not part of the test suite.
@@ -53,6 +57,13 @@ fn main() -> Result<(), Error> {
         Some(other) => return Err(format!("--store {other}: memory, disk or redis").into()),
     };
     let channels: u64 = take_flag(&mut args, "--channels")?.map_or(Ok(1000), |a| a.parse())?;
+    let random_keys = match args.iter().position(|a| a == "--random-keys") {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
     let in_flight = match take_flag(&mut args, "--in-flight")? {
         Some(n) => format!("max_in_flight = {}\n", n.parse::<usize>()?),
         None => String::new(),
@@ -66,7 +77,24 @@ fn main() -> Result<(), Error> {
 
     runtime.block_on(create_topic(&brokers, &topic, partitions))?;
     let started = Instant::now();
-    produce(&brokers, &topic, partitions, events, channels.max(1))?;
+    produce(
+        &brokers,
+        &topic,
+        partitions,
+        events,
+        channels.max(1),
+        random_keys,
+    )?;
+    let extra = Extra {
+        in_flight,
+        rules: random_keys.then(|| {
+            include_str!("../src/rules/default.yaml").replacen(
+                "    emit:\n",
+                "    emit:\n      dedupe_key: \"{{ event.event_id }}\"\n",
+                1,
+            )
+        }),
+    };
     println!(
         "produced {events} events for {channels} channels to {topic} ({partitions} partitions) in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -76,7 +104,7 @@ fn main() -> Result<(), Error> {
     for run in 1..=runs {
         let prefix = format!("{topic}-run{run}:");
         let result = runtime.block_on(consume_once(
-            &brokers, &topic, events, run, &store, &prefix, &in_flight,
+            &brokers, &topic, events, run, &store, &prefix, &extra,
         ));
         if let StoreChoice::Redis(url) = &store {
             runtime.block_on(support::delete_prefix(url, &prefix));
@@ -169,6 +197,7 @@ fn produce(
     partitions: i32,
     events: u64,
     channels: u64,
+    random_keys: bool,
 ) -> Result<(), Error> {
     let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
         .set("bootstrap.servers", brokers)
@@ -177,8 +206,13 @@ fn produce(
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
     for i in 0..events {
+        let id = if random_keys {
+            format!(r#""event_id":"{:032x}","#, fastrand::u128(..))
+        } else {
+            String::new()
+        };
         let payload = format!(
-            r#"{{"type":"order.shipped","user_id":{},"title":"Order {i} shipped","body":"Arriving Friday"}}"#,
+            r#"{{{id}"type":"order.shipped","user_id":{},"title":"Order {i} shipped","body":"Arriving Friday"}}"#,
             i % channels
         );
         let mut record = BaseRecord::<(), String>::to(topic)
@@ -201,6 +235,14 @@ fn produce(
     Ok(())
 }
 
+/// Settings beyond the store: the source's window, a rules file.
+struct Extra {
+    /// A `max_in_flight = N` line, or nothing for herald's default.
+    in_flight: String,
+    /// The rules to run instead of the built-in rule.
+    rules: Option<String>,
+}
+
 /// What one herald run measured.
 struct Run {
     /// Events durable per second.
@@ -221,7 +263,7 @@ async fn consume_once(
     run: usize,
     store: &StoreChoice,
     prefix: &str,
-    in_flight: &str,
+    extra: &Extra,
 ) -> Result<Run, Error> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("herald.toml");
@@ -229,6 +271,15 @@ async fn consume_once(
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
+    let rules = match &extra.rules {
+        Some(yaml) => {
+            let path = dir.path().join("rules.yaml");
+            std::fs::write(&path, yaml)?;
+            format!("[rules]\npath = {:?}\n", path)
+        }
+        None => String::new(),
+    };
+    let in_flight = &extra.in_flight;
     let mut f = std::fs::File::create(&config)?;
     write!(
         f,
@@ -245,7 +296,7 @@ group_id = "{topic}-run{run}"
 "auto.offset.reset" = "earliest"
 "session.timeout.ms" = "6000"
 "max.poll.interval.ms" = "10000"
-{}"#,
+{}{rules}"#,
         store.section(dir.path(), prefix)
     )?;
     let mut herald = Guard(
