@@ -1,8 +1,9 @@
 //! The Redis store: several herald nodes sharing one Redis, Redis restarts
 //! and outages, order across appends failed by dropped connections (Kafka
-//! and RabbitMQ sources), and a Redis that lost its data. The shared Redis of the
-//! machine (nothing on disk) serves tests that only need a Redis, each
-//! under its own key prefix; tests that restart Redis start their own.
+//! and RabbitMQ sources), and a Redis that lost its data. The shared Redis
+//! of the machine (nothing on disk) serves tests that only need a Redis,
+//! each under its own key prefix; tests that restart Redis or drop its
+//! connections start their own.
 #![allow(clippy::unwrap_used)]
 
 mod common;
