@@ -11,7 +11,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::amqp::{Created, amqp_url};
+use common::amqp::{Created, amqp_url, source_toml};
 use common::crash::{Scenario, kill_9_during};
 use common::process::Process;
 use common::producers::AmqpProducer;
@@ -51,15 +51,9 @@ kind = "disk"
 path = {:?}
 [delivery]
 queue_capacity = 4096
-[[sources]]
-kind = "amqp"
-url = "{}"
-queue = "{queue}"
-prefetch = 300
-bindings = [{{ exchange = "{exchange}", routing_key = "crash.#" }}]
-"#,
+{}"#,
             dir.join("log").display().to_string(),
-            amqp_url(),
+            source_toml(&amqp_url(), &queue, &exchange, "crash.#", 300),
         )
     });
     // Ready once the queue is declared and bound: nothing published from

@@ -11,7 +11,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::amqp::{Created, amqp_url};
+use common::amqp::{Created, amqp_url, source_toml};
 use common::crash::{HttpProducer, Run, Scenario};
 use common::kafka::{self, Kafka};
 use common::process::Process;
@@ -230,6 +230,21 @@ async fn drop_connections_while_appending<F: std::future::Future<Output = f64>>(
     kills
 }
 
+/// Finish `run` after `kills` dropped connections: every event of
+/// `scenario` produced, received exactly once and in order (`context`,
+/// read after the run, explains a failure).
+async fn finish_in_order(
+    run: Run,
+    scenario: &Scenario,
+    kills: usize,
+    context: impl std::future::Future<Output = String>,
+) {
+    let report = run.finish().await;
+    report.assert_exactly_once(&context.await);
+    assert_eq!(report.produced, scenario.total());
+    assert!(kills >= 5, "only {kills} connection drops mid-stream");
+}
+
 /// Redis drops herald's connections now and then (`CLIENT KILL`) while
 /// the Kafka partitions keep many appends in flight: the group on the wire
 /// fails, and the connection comes back at once. The partition's appends
@@ -269,11 +284,8 @@ async fn redis_dropping_connections_mid_append_keeps_each_partitions_order() {
         h.metric("herald_notifications_appended_total")
     })
     .await;
-    let report = run.finish().await;
+    finish_in_order(run, &scenario, kills, async { h.get("/metrics").await.1 }).await;
     let (_, metrics) = h.get("/metrics").await;
-    report.assert_exactly_once(&metrics);
-    assert_eq!(report.produced, scenario.total());
-    assert!(kills >= 5, "only {kills} connection drops mid-stream");
     assert!(
         common::metric_value(
             &metrics,
@@ -305,15 +317,9 @@ url = "{}"
 key_prefix = "{prefix}"
 [delivery]
 queue_capacity = 4096
-[[sources]]
-kind = "amqp"
-url = "{}"
-queue = "{queue}"
-prefetch = 300
-bindings = [{{ exchange = "{exchange}", routing_key = "dropping.#" }}]
-"#,
+{}"#,
         redis.url(),
-        amqp_url(),
+        source_toml(&amqp_url(), &queue, &exchange, "dropping.#", 300),
     ));
     assert!(
         herald.wait_ready(200, Duration::from_secs(30)).await,
@@ -338,10 +344,7 @@ bindings = [{{ exchange = "{exchange}", routing_key = "dropping.#" }}]
         herald.metric("herald_notifications_appended_total")
     })
     .await;
-    let report = run.finish().await;
-    report.assert_exactly_once(&herald.log());
-    assert_eq!(report.produced, scenario.total());
-    assert!(kills >= 5, "only {kills} connection drops mid-stream");
+    finish_in_order(run, &scenario, kills, async { herald.log() }).await;
     assert!(
         herald
             .metric(r#"herald_store_errors_total{op="append"}"#)

@@ -9,7 +9,9 @@
 //! Retried requests: the default dedupe key comes from the request, so a
 //! retry appends again unless the producer sends an `Idempotency-Key`
 //! header; with it, event `i` of the request is `http:<topic>:<key>:<i>`
-//! and a retry appends nothing new.
+//! and a retry appends nothing new. A request's events keep their order:
+//! they share one [`Fence`], so after one fails (503) none after it
+//! commits ahead of the retry.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +31,7 @@ use serde_json::{Value, json};
 use super::{Source, SourceContext, SourceError};
 use crate::event::{Event, Meta, SourceKind};
 use crate::pipeline::{Pipeline, Rejection};
+use crate::store::Fence;
 
 const MAX_TOPIC_LEN: usize = 249;
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 200;
@@ -183,6 +186,9 @@ async fn ingest(
         .collect();
     let count = payloads.len();
     // Submit in order first (that fixes the order in the log), then wait.
+    // One fence for the request: if one event's append fails, none after
+    // it commits, and the client's retry appends them in order.
+    let fence = Arc::new(Fence::default());
     let mut pending = Vec::with_capacity(count);
     for (i, payload) in payloads.into_iter().enumerate() {
         if i > 0 && i % YIELD_EVERY == 0 {
@@ -190,7 +196,7 @@ async fn ingest(
         }
         let mut meta = Meta::new(SourceKind::Http, topic.clone(), format!("{position}:{i}"));
         meta.headers = visible.clone();
-        pending.push(pipeline.submit(&Event { payload, meta }, None));
+        pending.push(pipeline.submit(&Event { payload, meta }, Some(&fence)));
     }
     let mut totals = (0, 0, 0);
     for p in pending {

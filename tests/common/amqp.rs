@@ -9,6 +9,26 @@ pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
+/// A `[[sources]]` table for herald: consume `queue` at `url`, bound to
+/// `exchange` with `routing_key`, `prefetch` deliveries in flight.
+pub fn source_toml(
+    url: &str,
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+    prefetch: u16,
+) -> String {
+    format!(
+        r#"[[sources]]
+kind = "amqp"
+url = "{url}"
+queue = "{queue}"
+prefetch = {prefetch}
+bindings = [{{ exchange = "{exchange}", routing_key = "{routing_key}" }}]
+"#
+    )
+}
+
 /// Queues and exchanges a test created; deleted on drop, even on panic.
 #[derive(Default)]
 pub struct Created {
