@@ -244,6 +244,7 @@ fn router(
 ) -> Router {
     let mut router = Router::new()
         .route("/", get(|| async { Html(crate::delivery::DEMO_PAGE) }))
+        .route("/client.js", get(crate::delivery::client_js))
         .route(
             "/notifications",
             get(ws::upgrade).with_state(gateway.clone()),

@@ -4,7 +4,9 @@
 //! - [`session`]: one client's subscriptions, replay and live stream;
 //! - [`ws`]: the WebSocket gateway at `GET /notifications`;
 //! - [`protocol`]: frames, error codes and close codes;
-//! - `demo.html`: the page served at `/`.
+//! - `demo.html`: the page served at `/`;
+//! - the browser client served at `/client.js`: the committed build of
+//!   `clients/js/` (CI rebuilds it and fails when it differs).
 
 pub mod hub;
 pub mod protocol;
@@ -13,3 +15,20 @@ pub mod ws;
 
 /// The demo page served at `/`.
 pub const DEMO_PAGE: &str = include_str!("demo.html");
+
+/// The browser client (ES module) served at `/client.js`.
+pub const CLIENT_JS: &str = include_str!("../../clients/js/dist/herald.min.js");
+
+/// `GET /client.js`. Its URL has no version in it, so caches keep it for
+/// minutes, not days: pages pick up a new herald's client soon after an
+/// upgrade.
+pub async fn client_js() -> impl axum::response::IntoResponse {
+    use axum::http::header;
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        CLIENT_JS,
+    )
+}

@@ -70,8 +70,8 @@ export async function launch({ launchTimeoutMs = 30_000 } = {}) {
 
 /**
  * Open a new page with default timeouts, collecting console output, page
- * errors and the URLs of WebSockets the page opens (observed through CDP,
- * the page's own WebSocket is not replaced).
+ * errors, the URLs of WebSockets the page opens and the frames it sends on
+ * them (observed through CDP, the page's own WebSocket is not replaced).
  */
 export async function newPage(context, { timeoutMs = 10_000 } = {}) {
   const page = await context.newPage();
@@ -79,14 +79,16 @@ export async function newPage(context, { timeoutMs = 10_000 } = {}) {
   page.setDefaultNavigationTimeout(timeoutMs);
   const logs = [];
   const sockets = [];
+  const sent = []; // { url, frame } for each text frame the page sends
   page.on('console', (msg) => logs.push(`console.${msg.type()}: ${msg.text()}`));
   page.on('pageerror', (err) => logs.push(`pageerror: ${err.message}`));
   page.on('websocket', (ws) => {
     sockets.push(ws.url());
     logs.push(`websocket opened: ${ws.url()}`);
+    ws.on('framesent', ({ payload }) => sent.push({ url: ws.url(), index: sockets.length - 1, frame: payload }));
     ws.on('close', () => logs.push(`websocket closed: ${ws.url()}`));
   });
-  return { page, logs, sockets };
+  return { page, logs, sockets, sent };
 }
 
 /**
@@ -130,3 +132,55 @@ export async function postEvent(baseUrl, topic, event, { timeoutMs = 5_000 } = {
 
 /** Random suffix so every run's events are distinguishable. */
 export const randomTag = () => `${Date.now().toString(36)}-${Math.random().toString(36).slice(2, 10)}`;
+
+/**
+ * Run `tests` ({ name, fn }) one after another, each with a fresh page
+ * (`fn({ page, logs, sockets, sent, context })`) and a time limit; the
+ * command-line arguments filter them by name. Prints one line per test and a
+ * closing "`label`: N passed, N failed" line; sets the exit code (1 if a test
+ * failed, 2 if chromium did not launch).
+ */
+export async function runTests(tests, label, { timeoutMs = 30_000 } = {}) {
+  const filters = process.argv.slice(2);
+  const selected = tests.filter((t) => filters.length === 0 || filters.some((f) => t.name.includes(f)));
+  let browser;
+  const cleanup = async () => { if (browser) await browser.close(); };
+  for (const sig of ['SIGINT', 'SIGTERM']) {
+    process.once(sig, () => { cleanup().finally(() => process.exit(130)); });
+  }
+  let passed = 0;
+  let failed = 0;
+  try {
+    try {
+      browser = await launch();
+    } catch (err) {
+      console.error(`could not launch chromium: ${err.message}`);
+      process.exitCode = 2;
+    }
+    if (browser) {
+      for (const t of selected) {
+        const started = Date.now();
+        let session;
+        try {
+          session = await newPage(browser.context);
+          await withTimeout(t.fn({ ...session, context: browser.context }), timeoutMs, `test "${t.name}"`);
+          passed += 1;
+          console.log(`ok   ${t.name} (${Date.now() - started} ms)`);
+        } catch (err) {
+          failed += 1;
+          // eslint-disable-next-line no-control-regex
+          const [first, ...rest] = String(err && err.message ? err.message : err).replace(/\x1b\[[0-9;]*m/g, '').split('\n');
+          console.log(`FAIL ${t.name} (${Date.now() - started} ms): ${first}`);
+          for (const line of rest) if (line.trim()) console.log(`    ${line}`);
+          if (session) for (const line of session.logs) console.log(`    | ${line}`);
+        } finally {
+          if (session) await withTimeout(session.page.close(), 5_000, 'closing page').catch(() => {});
+        }
+      }
+    }
+  } finally {
+    await cleanup();
+  }
+  console.log(`${label}: ${passed} passed, ${failed} failed`);
+  if (failed > 0) process.exitCode = 1;
+}

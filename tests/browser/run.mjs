@@ -6,7 +6,7 @@
 // Prints one line per test and a closing "browser: N passed, N failed" line;
 // exits 1 if any test failed, 2 on a usage or launch error.
 import assert from 'node:assert/strict';
-import { launch, newPage, postEvent, randomTag, sleep, waitFor, withTimeout } from './lib.mjs';
+import { pollNode, postEvent, randomTag, runTests, sleep, waitFor } from './lib.mjs';
 
 const HERALD_URL = (process.env.HERALD_URL || '').replace(/\/+$/, '');
 if (!/^https?:\/\/[^/]+$/.test(HERALD_URL)) {
@@ -67,9 +67,17 @@ test('seed snippet receives a posted event', async ({ page, logs, sockets }) => 
   assert.ok(!logs.some((l) => l.includes('WebSocket error:')), 'the snippet logged a WebSocket error');
 });
 
-test('demo page posts, shows, and replays after a drop', async ({ page, sockets }) => {
+test('demo page posts, shows, and replays after a drop', async ({ page, sockets, sent, context }) => {
   await page.goto(`${HERALD_URL}/`);
   await waitFor(page, '#status to say connected', statusIsConnected);
+
+  // The page runs herald's client: defaults=false and one subscribe frame,
+  // asking for the last 20 notifications.
+  assert.equal(sockets.length, 1, `sockets: ${sockets}`);
+  assert.equal(new URL(sockets[0]).searchParams.get('defaults'), 'false');
+  const subscribes = (from) => sent.filter((s) => s.index >= from).map((s) => JSON.parse(s.frame)).filter((f) => f.type === 'subscribe');
+  const first = await pollNode('a subscribe frame', () => subscribes(0)[0]);
+  assert.deepEqual(first, { type: 'subscribe', channel: 'broadcast', rewind: 20 });
 
   // Post through the form.
   await page.fill('#topic', 'demo');
@@ -84,47 +92,36 @@ test('demo page posts, shows, and replays after a drop', async ({ page, sockets 
     [...document.querySelectorAll('#notifications > li')].some(
       (li) => li.textContent.includes('From the form') && li.textContent.includes('b1') && li.getAttribute('data-id')));
 
-  // Drop the connection from the browser side; the page must treat it as unexpected.
+  // Cut the network: the page's client drops its socket at the browser's
+  // offline event and cannot reconnect until the network is back.
   const lastIdBeforeDrop = await page.evaluate(() => {
     const lis = document.querySelectorAll('#notifications > li');
     return lis[lis.length - 1].getAttribute('data-id');
   });
   const socketsBeforeDrop = sockets.length;
-  await page.evaluate(() => {
-    if (!(window.heraldSocket instanceof WebSocket)) throw new Error('window.heraldSocket is not a WebSocket');
-    window.__droppedSocket = window.heraldSocket;
-    window.heraldSocket.close(3000, 'test drop');
-  });
-  await waitFor(page, 'the dropped socket to close', () => window.__droppedSocket.readyState === WebSocket.CLOSED);
-  const tooFast = 'the page reconnected before the two posts finished, so replay via last_id was not exercised; ' +
-    'give the first retry a back-off (≥ ~100 ms, ≤ 2 s)';
-  assert.equal(sockets.length, socketsBeforeDrop, tooFast);
-  await waitFor(page, '#status to stop saying connected after the drop', () => {
-    const t = document.getElementById('status')?.textContent || '';
-    return window.heraldSocket !== window.__droppedSocket || // reconnecting already: the check below reports it
-      !(/\bconnected\b/i.test(t) && !/\bnot\s+connected\b/i.test(t)); // !statusIsConnected()
-  }, undefined, { timeoutMs: 2_000 });
-
-  // While it is reconnecting, post two more events, in order.
   const tag = randomTag();
   const bodies = [`after drop 1 ${tag}`, `after drop 2 ${tag}`];
-  for (const [i, body] of bodies.entries()) {
-    const res = await postEvent(HERALD_URL, 'demo', { title: `After drop ${i + 1}`, body });
-    assert.equal(res.status, 202, `POST /events/demo answered ${res.status}: ${res.text}`);
-  }
-  assert.equal(sockets.length, socketsBeforeDrop, tooFast);
+  try {
+    await context.setOffline(true);
+    await waitFor(page, '#status to stop saying connected after the drop', () => {
+      const t = document.getElementById('status')?.textContent || '';
+      return !(/\bconnected\b/i.test(t) && !/\bnot\s+connected\b/i.test(t)); // !statusIsConnected()
+    }, undefined, { timeoutMs: 5_000 });
 
-  // Reconnect (first retry ≤ 2 s) to /notifications?last_id=<last id>.
-  await waitFor(page, 'a new socket and #status connected again', () => {
-    const t = document.getElementById('status')?.textContent || '';
-    return window.heraldSocket !== window.__droppedSocket &&
-      window.heraldSocket?.readyState === WebSocket.OPEN &&
-      /\bconnected\b/i.test(t) && !/\bnot\s+connected\b/i.test(t); // statusIsConnected()
-  }, undefined, { timeoutMs: 8_000 });
-  const reconnectUrl = new URL(sockets[socketsBeforeDrop]);
-  assert.equal(reconnectUrl.pathname, '/notifications');
-  assert.equal(reconnectUrl.searchParams.get('last_id'), lastIdBeforeDrop,
-    `reconnected to ${reconnectUrl} but the last id seen was ${lastIdBeforeDrop}`);
+    // While it is away, post two more events, in order.
+    for (const [i, body] of bodies.entries()) {
+      const res = await postEvent(HERALD_URL, 'demo', { title: `After drop ${i + 1}`, body });
+      assert.equal(res.status, 202, `POST /events/demo answered ${res.status}: ${res.text}`);
+    }
+  } finally {
+    await context.setOffline(false);
+  }
+
+  // Back online: a new socket at once, resubscribing from the last id.
+  await waitFor(page, '#status connected again', statusIsConnected, undefined, { timeoutMs: 8_000 });
+  const resubscribe = await pollNode('a subscribe frame on a socket opened after the drop', () => subscribes(socketsBeforeDrop)[0]);
+  assert.deepEqual(resubscribe, { type: 'subscribe', channel: 'broadcast', last_id: lastIdBeforeDrop },
+    `the last id seen was ${lastIdBeforeDrop}`);
 
   await waitFor(page, 'both events after the drop to be listed', (bs) => {
     const texts = [...document.querySelectorAll('#notifications > li')].map((li) => li.textContent);
@@ -148,49 +145,4 @@ test('demo page posts, shows, and replays after a drop', async ({ page, sockets 
   assert.ok(await page.evaluate(statusIsConnected), '#status does not say connected at the end');
 });
 
-// ---------------------------------------------------------------------------
-
-const filters = process.argv.slice(2);
-const selected = tests.filter((t) => filters.length === 0 || filters.some((f) => t.name.includes(f)));
-
-let browser;
-const cleanup = async () => { if (browser) await browser.close(); };
-for (const sig of ['SIGINT', 'SIGTERM']) {
-  process.once(sig, () => { cleanup().finally(() => process.exit(130)); });
-}
-
-let passed = 0;
-let failed = 0;
-try {
-  try {
-    browser = await launch();
-  } catch (err) {
-    console.error(`could not launch chromium: ${err.message}`);
-    process.exitCode = 2;
-  }
-  if (browser) {
-    for (const t of selected) {
-      const started = Date.now();
-      let session;
-      try {
-        session = await newPage(browser.context);
-        await withTimeout(t.fn(session), TEST_TIMEOUT_MS, `test "${t.name}"`);
-        passed += 1;
-        console.log(`ok   ${t.name} (${Date.now() - started} ms)`);
-      } catch (err) {
-        failed += 1;
-        // eslint-disable-next-line no-control-regex
-        const [first, ...rest] = String(err && err.message ? err.message : err).replace(/\x1b\[[0-9;]*m/g, '').split('\n');
-        console.log(`FAIL ${t.name} (${Date.now() - started} ms): ${first}`);
-        for (const line of rest) if (line.trim()) console.log(`    ${line}`);
-        if (session) for (const line of session.logs) console.log(`    | ${line}`);
-      } finally {
-        if (session) await withTimeout(session.page.close(), 5_000, 'closing page').catch(() => {});
-      }
-    }
-  }
-} finally {
-  await cleanup();
-}
-console.log(`browser: ${passed} passed, ${failed} failed`);
-if (failed > 0) process.exitCode = 1;
+await runTests(tests, 'browser', { timeoutMs: TEST_TIMEOUT_MS });
