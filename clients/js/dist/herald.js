@@ -81,15 +81,21 @@ var url = (base, scheme, params) => {
   for (const [k, v] of params) u.searchParams.append(k, v);
   return u;
 };
+function parse(text) {
+  try {
+    const f = JSON.parse(text);
+    return f && typeof f == "object" ? f : void 0;
+  } catch {
+    return void 0;
+  }
+}
 function openWs(base, token, h) {
   const s = new WebSocket(url(base, "ws", token ? [["defaults", "false"], ["token", token]] : [["defaults", "false"]]));
   s.onopen = h.open;
   s.onmessage = (e) => {
     h.alive();
-    try {
-      h.frame(JSON.parse(e.data));
-    } catch {
-    }
+    const f = parse(e.data);
+    if (f) h.frame(f);
   };
   s.onclose = (e) => h.close(e.code, e.reason);
   return {
@@ -142,11 +148,8 @@ function openSse(base, token, q, h) {
     }
   };
   const feed = sseParser((type, data) => {
-    try {
-      const f = JSON.parse(data);
-      type == "close" ? end(f.code, f.reason) : type == "message" && h.frame(f);
-    } catch {
-    }
+    const f = parse(data);
+    if (f) type == "close" ? end(f.code, f.reason) : type == "message" && h.frame(f);
   });
   (async () => {
     const res = await fetch(url(base, "http", params), {
@@ -409,9 +412,21 @@ var Emitter = class {
   off(type, fn) {
     this.l[type]?.delete(fn);
   }
-  /** @internal */
+  /**
+   * Call the listeners. One that throws does not stop the others or the
+   * client: its error is rethrown on its own, so the console still shows it.
+   * @internal
+   */
   emit(type, ...args) {
-    this.l[type]?.forEach((fn) => fn(...args));
+    this.l[type]?.forEach((fn) => {
+      try {
+        fn(...args);
+      } catch (e) {
+        setTimeout(() => {
+          throw e;
+        });
+      }
+    });
   }
 };
 

@@ -30,6 +30,7 @@ async function build(out) {
     legalComments: 'none',
     charset: 'utf8',
     logLevel: 'warning',
+    absWorkingDir: root, // the bundle's path comments do not depend on the caller's directory
   };
   await esbuild.build({ ...common, outfile: join(out, 'herald.js') });
   await esbuild.build({ ...common, outfile: join(out, 'herald.min.js'), minify: true });

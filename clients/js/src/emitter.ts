@@ -13,8 +13,20 @@ export class Emitter<E extends { [K in keyof E]: Listener }> {
     this.l[type]?.delete(fn);
   }
 
-  /** @internal */
+  /**
+   * Call the listeners. One that throws does not stop the others or the
+   * client: its error is rethrown on its own, so the console still shows it.
+   * @internal
+   */
   emit<K extends keyof E>(type: K, ...args: Parameters<E[K]>): void {
-    this.l[type]?.forEach((fn) => fn(...args));
+    this.l[type]?.forEach((fn) => {
+      try {
+        fn(...args);
+      } catch (e) {
+        setTimeout(() => {
+          throw e;
+        });
+      }
+    });
   }
 }

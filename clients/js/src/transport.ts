@@ -42,16 +42,23 @@ const url = (base: string, scheme: 'ws' | 'http', params: [string, string][]): U
   return u;
 };
 
+/** A frame is a JSON object; anything else is not herald's and is ignored. */
+function parse(text: unknown): any {
+  try {
+    const f = JSON.parse(text as string);
+    return f && typeof f == 'object' ? f : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function openWs(base: string, token: string | undefined, h: Handlers): Link {
   const s = new WebSocket(url(base, 'ws', token ? [['defaults', 'false'], ['token', token]] : [['defaults', 'false']]));
   s.onopen = h.open;
   s.onmessage = (e) => {
     h.alive();
-    try {
-      h.frame(JSON.parse(e.data));
-    } catch {
-      // Not JSON: not a herald frame; ignore it.
-    }
+    const f = parse(e.data);
+    if (f) h.frame(f);
   };
   s.onclose = (e) => h.close(e.code, e.reason);
   return {
@@ -117,12 +124,8 @@ export function openSse(base: string, token: string | undefined, q: SseQuery, h:
     }
   };
   const feed = sseParser((type, data) => {
-    try {
-      const f = JSON.parse(data);
-      type == 'close' ? end(f.code, f.reason) : type == 'message' && h.frame(f);
-    } catch {
-      // Not JSON: ignore it.
-    }
+    const f = parse(data);
+    if (f) type == 'close' ? end(f.code, f.reason) : type == 'message' && h.frame(f);
   });
   (async () => {
     const res = await fetch(url(base, 'http', params), {

@@ -370,3 +370,36 @@ test('sse: a refused stream reports its close code', async () => {
   await until('closed', () => client.state === 'closed');
   assert.deepEqual(errors, [{ code: 4001, message: 'bad token' }]);
 });
+
+test('a listener that throws does not stop the others or the client', async () => {
+  // The client rethrows a listener's error from a timer of its own; catch it there.
+  const thrown = [];
+  const realSetTimeout = globalThis.setTimeout;
+  globalThis.setTimeout = (fn, ms) => realSetTimeout(() => {
+    try {
+      fn();
+    } catch (e) {
+      thrown.push(e.message);
+    }
+  }, ms);
+  try {
+    open();
+    const sub = client.subscribe('a');
+    const seen = [];
+    sub.on('notification', () => {
+      throw new Error('app bug');
+    });
+    sub.on('notification', (n) => seen.push(n.id));
+    const ws = await socket(1);
+    ws.accept();
+    ws.push(note('a', 1));
+    ws.push(note('a', 2));
+    ws.push(5);
+    assert.deepEqual(seen, ['E-1', 'E-2']);
+    await until('the errors rethrown', () => thrown.length === 2);
+    assert.deepEqual(thrown, ['app bug', 'app bug']);
+    assert.equal(client.state, 'open');
+  } finally {
+    globalThis.setTimeout = realSetTimeout;
+  }
+});
