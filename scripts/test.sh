@@ -6,7 +6,8 @@
 # Redis on 127.0.0.1:6379 (and redis-server for tests that start their
 # own); a Kafka-protocol broker at $KAFKA_BOOTSTRAP (default 127.0.0.1:9092,
 # started from the Tansu wheel when none answers); the benchmark peer's npm
-# packages — runs every test, then the load generator's smoke test, and
+# packages — runs the browser client's unit tests and build check, every
+# cargo test, then the load generator's smoke test, and
 # stops whatever it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,11 @@ source scripts/redis.sh
 # Exports KAFKA_BOOTSTRAP and TANSU_BIN (the outage tests start their own
 # Tansu brokers with it).
 source scripts/kafka.sh
+
+# The browser client (clients/js): its unit tests (node's test runner),
+# then the committed build served at /client.js against a fresh build, and
+# its size against the budget.
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run check)
 
 cargo test --locked "$@"
 
