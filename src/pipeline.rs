@@ -197,7 +197,7 @@ impl Pipeline {
             tracing::warn!(
                 rule = %f.rule,
                 field = %f.field,
-                item = ?f.index,
+                item = f.index,
                 source = event.meta.source.as_str(),
                 topic = %event.meta.topic,
                 position = %event.meta.position,

@@ -246,6 +246,75 @@ async fn rules_reload_on_change_and_a_broken_version_keeps_the_old_one() {
     h.stop().await;
 }
 
+/// Reading the rules file (a `cat`, another herald loading it, the
+/// watcher's own read) is not a change, saving the same bytes is not
+/// either, one edit is one reload, and a broken version is reported once.
+/// Mutation: without the content comparison in `reload_if_changed` the
+/// count never stays put (fails). The event filter, which keeps the
+/// watcher from re-reading the file after its own reads, is checked by the
+/// unit test in `rules/watch.rs`.
+#[tokio::test]
+async fn rules_reload_once_per_content_change() {
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    let v1 = "rules:\n  - id: r\n    emit: { channel: c, title: v1 }\n";
+    std::fs::write(&rules, v1).unwrap();
+    let h = Herald::start_with(|c| c.rules.path = Some(rules.clone())).await;
+    let ok = r#"herald_rules_reloads_total{result="ok"}"#;
+    let rejected = r#"herald_rules_reloads_total{result="rejected"}"#;
+    // Several debounce periods: long enough for a read-triggered reload to
+    // show (and, before the fix, to repeat).
+    let window = Duration::from_secs(2);
+    let wait_for = |series: &'static str, want: f64| {
+        let h = &h;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while h.metric(series).await != want {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{series} never reached {want}: {}",
+                    h.metric(series).await
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    wait_for(ok, 1.0).await; // the start
+
+    for _ in 0..3 {
+        std::fs::read_to_string(&rules).unwrap();
+    }
+    std::fs::write(&rules, v1).unwrap(); // saved again, unchanged
+    tokio::time::sleep(window).await;
+    assert_eq!(
+        h.metric(ok).await,
+        1.0,
+        "reads and an unchanged save reload nothing"
+    );
+
+    std::fs::write(&rules, v1.replace("v1", "v2")).unwrap();
+    wait_for(ok, 2.0).await;
+    tokio::time::sleep(window).await;
+    assert_eq!(h.metric(ok).await, 2.0, "one edit, one reload");
+
+    std::fs::write(
+        &rules,
+        "rules:\n  - id: r\n    emit: { title: no-channel }\n",
+    )
+    .unwrap();
+    wait_for(rejected, 1.0).await;
+    std::fs::read_to_string(&rules).unwrap();
+    tokio::time::sleep(window).await;
+    assert_eq!(
+        h.metric(rejected).await,
+        1.0,
+        "a broken version is reported once"
+    );
+    assert_eq!(h.metric(ok).await, 2.0);
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn health_readiness_and_metrics() {
     let h = Herald::start().await;

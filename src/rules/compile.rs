@@ -166,6 +166,19 @@ pub(super) fn compile(text: &str, format: Format) -> Result<(Compiled, usize), V
             message: format!("syntax error: {}", e.message),
         }]
     })?;
+    // An empty file (or one of comments only) parses to null or `{}`; the
+    // schema would say "null is not of type object", which names nothing
+    // the author wrote.
+    let empty = match &doc.value {
+        Value::Null => true,
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    };
+    if empty {
+        return Err(vec![Diagnostic::file(
+            "the file is empty: expected `rules:` with a list of rules".into(),
+        )]);
+    }
     // Schema problems do not stop compilation: `rules check` should show
     // every problem at once. Compilation reads the document loosely, so a
     // malformed rule only adds problems the schema did not already name.
@@ -491,14 +504,35 @@ fn placeholder_or(text: Option<Text<'_>>) -> Text<'_> {
     text.unwrap_or_else(|| Text::Literal(String::new()))
 }
 
-/// A minijinja error in one line, with its detail.
+/// A minijinja error in one line, for a person: what went wrong, the
+/// expression at fault when minijinja knows it, and the line for a
+/// template of several lines. minijinja's own text ends with the name it
+/// was given (`ticker#3:channel:1`, `<expression>:1`), which is internal:
+/// the caller already names the rule and field.
 pub(super) fn describe(e: &minijinja::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(inner) = source {
+    let mut msg = match e.detail() {
+        Some(detail) => format!("{}: {detail}", e.kind()),
+        None => e.kind().to_string(),
+    };
+    let source = e.template_source().unwrap_or_default();
+    if let Some(at) = e.range().and_then(|r| source.get(r)) {
+        let at = at.trim();
+        let quoted = format!("`{at}`");
+        if !at.is_empty() && at.len() <= 80 && at != source.trim() && !msg.contains(&quoted) {
+            msg.push_str(&format!(" at {quoted}"));
+        }
+    }
+    if let Some(line) = e.line().filter(|_| source.contains('\n')) {
+        msg.push_str(&format!(" (line {line} of the template)"));
+    }
+    let mut inner = std::error::Error::source(e);
+    while let Some(cause) = inner {
         msg.push_str(": ");
-        msg.push_str(&inner.to_string());
-        source = inner.source();
+        match cause.downcast_ref::<minijinja::Error>() {
+            Some(m) => msg.push_str(&describe(m)),
+            None => msg.push_str(&cause.to_string()),
+        }
+        inner = cause.source();
     }
     msg
 }

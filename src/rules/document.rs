@@ -30,20 +30,20 @@ impl Format {
 
 /// A parsed document: its value and the 1-based line of every JSON pointer.
 #[derive(Debug, Default)]
-pub(super) struct Document {
-    pub(super) value: Value,
+pub(crate) struct Document {
+    pub(crate) value: Value,
     lines: HashMap<String, usize>,
 }
 
 /// A syntax error, with its 1-based line when the parser knows it.
 #[derive(Debug)]
-pub(super) struct SyntaxError {
+pub(crate) struct SyntaxError {
     pub line: Option<usize>,
     pub message: String,
 }
 
 impl Document {
-    pub(super) fn parse(text: &str, format: Format) -> Result<Self, SyntaxError> {
+    pub(crate) fn parse(text: &str, format: Format) -> Result<Self, SyntaxError> {
         match format {
             Format::Yaml => parse_yaml(text),
             Format::Toml => parse_toml(text),
@@ -51,7 +51,7 @@ impl Document {
     }
 
     /// The line of `pointer`, or of its nearest ancestor that has one.
-    pub(super) fn line_of(&self, pointer: &str) -> Option<usize> {
+    pub(crate) fn line_of(&self, pointer: &str) -> Option<usize> {
         let mut p = pointer;
         loop {
             if let Some(line) = self.lines.get(p) {
@@ -67,6 +67,15 @@ impl Document {
 
 fn escape(segment: &str) -> String {
     segment.replace('~', "~0").replace('/', "~1")
+}
+
+/// The JSON pointer of a path of keys (`["sources", "0", "kind"]` →
+/// `/sources/0/kind`), for [`Document::line_of`].
+pub(crate) fn pointer<S: AsRef<str>>(segments: &[S]) -> String {
+    segments
+        .iter()
+        .map(|s| format!("/{}", escape(s.as_ref())))
+        .collect()
 }
 
 fn parse_yaml(text: &str) -> Result<Document, SyntaxError> {

@@ -17,7 +17,7 @@
 //!   previous version.
 
 mod compile;
-mod document;
+pub(crate) mod document;
 mod eval;
 pub mod watch;
 
@@ -40,6 +40,14 @@ pub struct Rules {
     compiled: compile::Compiled,
     origin: Arc<str>,
     count: usize,
+    content_id: Arc<str>,
+}
+
+/// A short id of a rules text: 12 hex digits of its XXH3 hash. Two texts
+/// with the same bytes share it, so it tells whether a file really changed
+/// (the watcher compares it, not file events) and names a version in logs.
+pub fn content_id(text: &str) -> String {
+    format!("{:012x}", xxhash_rust::xxh3::xxh3_64(text.as_bytes()) >> 16)
 }
 
 /// A rules version that did not compile.
@@ -74,12 +82,16 @@ impl Rules {
 
     /// Read and compile a rules file; the format follows the extension.
     pub fn load(path: &Path) -> Result<Self, RulesError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| RulesError {
-            origin: origin.clone(),
+        let text = Self::read(path)?;
+        Self::parse(&text, Format::from_path(path), &path.display().to_string())
+    }
+
+    /// The text of a rules file, or why it cannot be read.
+    pub fn read(path: &Path) -> Result<String, RulesError> {
+        std::fs::read_to_string(path).map_err(|e| RulesError {
+            origin: path.display().to_string(),
             diagnostics: vec![Diagnostic::file(format!("cannot read the file: {e}"))],
-        })?;
-        Self::parse(&text, Format::from_path(path), &origin)
+        })
     }
 
     /// Compile rules from text. `origin` names them in diagnostics and logs.
@@ -93,6 +105,7 @@ impl Rules {
             compiled,
             origin: origin.into(),
             count,
+            content_id: content_id(text).into(),
         })
     }
 
@@ -104,6 +117,11 @@ impl Rules {
     /// Where this version came from (a path or `built-in`).
     pub fn origin(&self) -> &str {
         &self.origin
+    }
+
+    /// The [`content_id`] of the text this version was compiled from.
+    pub fn content_id(&self) -> &str {
+        &self.content_id
     }
 
     /// Number of rules.

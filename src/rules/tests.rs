@@ -370,3 +370,59 @@ rules:
     );
     assert_eq!(out.notifications[1].title, "from a.data");
 }
+
+/// Messages name the rule and field themselves: minijinja's internal
+/// template names (`strict#0:title:1`, `<expression>:1`) stay out, and the
+/// expression at fault is quoted.
+#[test]
+fn failure_messages_carry_no_internal_template_names() {
+    let rules = yaml(
+        r#"
+rules:
+  - id: strict
+    emit: { channel: "c", title: "Hello {{ event.user.name }}" }
+  - id: long
+    emit:
+      channel: c
+      body: "first line\n{{ event.user.name }}"
+"#,
+    )
+    .unwrap();
+    let out = rules.evaluate(&http(json!({"user": {}})));
+    let messages: Vec<_> = out.failures.iter().map(|f| f.message.as_str()).collect();
+    assert_eq!(messages.len(), 2, "{messages:?}");
+    for m in &messages {
+        assert!(!m.contains("(in "), "{m}");
+        assert!(!m.contains('#'), "{m}");
+        assert!(m.contains("`event.user.name`"), "{m}");
+    }
+    assert!(
+        messages[1].contains("line 2 of the template"),
+        "{messages:?}"
+    );
+    let d = diagnostics("rules:\n  - id: w\n    when: \"event.x +\"\n    emit: { channel: c }\n");
+    assert!(!d[0].message.contains("<expression>"), "{}", d[0].message);
+    assert!(d[0].message.starts_with("syntax error"), "{}", d[0].message);
+}
+
+#[test]
+fn an_empty_file_is_called_empty() {
+    for text in ["", "# only a comment\n"] {
+        let d = diagnostics(text);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].message.contains("the file is empty"), "{d:?}");
+    }
+    let err = Rules::parse("", Format::Toml, "rules.toml").unwrap_err();
+    assert!(err.to_string().contains("the file is empty"), "{err}");
+}
+
+#[test]
+fn content_ids_follow_the_bytes() {
+    let a = super::content_id("rules: []\n");
+    assert_eq!(a.len(), 12);
+    assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+    assert_eq!(a, super::content_id("rules: []\n"));
+    assert_ne!(a, super::content_id("rules: [] \n"));
+    let rules = Rules::parse(DEFAULT_RULES, Format::Yaml, "x").unwrap();
+    assert_eq!(rules.content_id(), super::content_id(DEFAULT_RULES));
+}

@@ -1,36 +1,51 @@
-//! Reloading the rules file when it changes.
+//! Reloading the rules file when its content changes.
 //!
 //! The parent directory is watched, not the file: editors and config
 //! management replace files by renaming, which a watch on the old inode
-//! would miss. Changes are debounced; a version that does not compile is
-//! logged with every diagnostic and the live version stays.
+//! would miss.
+//!
+//! Invariants:
+//! - only events that can change the file count (written, created,
+//!   renamed, removed); opening and reading it does not, so the watcher's
+//!   own reads, a `cat`, or another herald loading the same file never
+//!   trigger a reload;
+//! - events are debounced, then the file is read once and its
+//!   [`content_id`] compared with the content last tried, valid or not:
+//!   one edit is one reload, saving the same bytes again is none, and a
+//!   broken version is reported once, not at every event until it is
+//!   fixed;
+//! - a version that does not compile is logged with every diagnostic and
+//!   the live version stays.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::Rules;
+use super::{Format, Rules, RulesError, content_id};
 use crate::pipeline::Pipeline;
 
 /// Quiet time after the last change before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
-/// Watch `path` and swap the pipeline's rules on every valid change.
+/// Watch `path` and swap the pipeline's rules on every valid change of its
+/// content. The live rules are the file's current version when called.
 pub fn spawn(path: PathBuf, pipeline: Arc<Pipeline>, stop: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let target = path.file_name().map(|n| n.to_owned());
         let handler = move |event: notify::Result<notify::Event>| {
             if let Ok(event) = event {
-                if event
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_owned()) == target)
+                if is_change(&event.kind)
+                    && event
+                        .paths
+                        .iter()
+                        .any(|p| p.file_name().map(|n| n.to_owned()) == target)
                 {
                     let _ = tx.send(());
                 }
@@ -51,6 +66,9 @@ pub fn spawn(path: PathBuf, pipeline: Arc<Pipeline>, stop: CancellationToken) ->
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory; reload disabled");
             return;
         }
+        let mut last_tried = pipeline.rules().content_id().to_string();
+        // A change between loading the file at start and watching it.
+        reload_if_changed(&path, &pipeline, &mut last_tried);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -67,18 +85,47 @@ pub fn spawn(path: PathBuf, pipeline: Arc<Pipeline>, stop: CancellationToken) ->
                     },
                 }
             }
-            reload(&path, &pipeline);
+            reload_if_changed(&path, &pipeline, &mut last_tried);
         }
     })
 }
 
-/// Compile `path` and make it live if it is valid. Returns whether it was.
-pub fn reload(path: &Path, pipeline: &Pipeline) -> bool {
-    match Rules::load(path) {
+/// Whether a file event can have changed the file's content. Reads (open,
+/// access, close after reading) and metadata changes cannot.
+fn is_change(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) | EventKind::Any | EventKind::Other => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+    }
+}
+
+/// Read `path`; when its content differs from `last_tried` (the content id
+/// of the version last tried, or the last read error), compile it and make
+/// it live if it is valid. Returns whether a new version went live.
+pub fn reload_if_changed(path: &Path, pipeline: &Pipeline, last_tried: &mut String) -> bool {
+    let origin = path.display().to_string();
+    let (tried, result) = match Rules::read(path) {
+        Ok(text) => (
+            content_id(&text),
+            Rules::parse(&text, Format::from_path(path), &origin),
+        ),
+        // The same failure again (a file still missing) is not news either.
+        Err(e) => (format!("unreadable: {e}"), Err(e)),
+    };
+    if tried == *last_tried {
+        tracing::debug!(file = %origin, "rules file touched; content unchanged");
+        return false;
+    }
+    *last_tried = tried;
+    match result {
         Ok(rules) => {
             tracing::info!(
                 origin = rules.origin(),
                 rules = rules.len(),
+                version = rules.content_id(),
                 "rules reloaded"
             );
             pipeline.metrics().rules_loaded(true);
@@ -87,17 +134,50 @@ pub fn reload(path: &Path, pipeline: &Pipeline) -> bool {
         }
         Err(e) => {
             pipeline.metrics().rules_loaded(false);
-            for d in &e.diagnostics {
-                tracing::error!(
-                    file = %e.origin,
-                    line = ?d.line,
-                    rule = ?d.rule,
-                    field = %d.field,
-                    problem = %d.message,
-                    "rules rejected; the previous version stays live"
-                );
-            }
+            log_rejected(&e);
             false
+        }
+    }
+}
+
+/// One log line per diagnostic of a rejected version.
+fn log_rejected(e: &RulesError) {
+    for d in &e.diagnostics {
+        tracing::error!(
+            file = %e.origin,
+            line = d.line,
+            rule = d.rule.as_deref(),
+            field = (!d.field.is_empty()).then_some(d.field.as_str()),
+            problem = %d.message,
+            "rules rejected; the previous version stays live"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use notify::event::{CreateKind, DataChange, MetadataKind, RemoveKind, RenameMode};
+
+    use super::*;
+
+    #[test]
+    fn reads_are_not_changes() {
+        for read in [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
+        ] {
+            assert!(!is_change(&read), "{read:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(RemoveKind::File),
+        ] {
+            assert!(is_change(&change), "{change:?}");
         }
     }
 }
