@@ -1,4 +1,5 @@
-//! Operations endpoints: `/healthz`, `/readyz`, `/metrics`.
+//! Operations endpoints: `/healthz`, `/readyz` (the store and every
+//! source), `/metrics`.
 
 use std::sync::Arc;
 
@@ -11,19 +12,25 @@ use serde_json::json;
 
 use crate::metrics::Metrics;
 use crate::source::Readiness;
+use crate::store::Store;
 
 #[derive(Debug, Clone)]
 struct Admin {
     readiness: Readiness,
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
 }
 
-pub fn routes(readiness: Readiness, metrics: Arc<Metrics>) -> Router {
+pub fn routes(readiness: Readiness, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(Admin { readiness, metrics })
+        .with_state(Admin {
+            readiness,
+            store,
+            metrics,
+        })
 }
 
 /// The process is up and serving HTTP.
@@ -31,9 +38,15 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 when every source is connected, else 503; the body lists each.
+/// 200 when the store and every source are ready, else 503; the body
+/// says which is not, and why.
 async fn readyz(State(admin): State<Admin>) -> Response {
-    let (ready, sources) = admin.readiness.snapshot();
+    let (sources_ready, sources) = admin.readiness.snapshot();
+    let store = match admin.store.readiness() {
+        Ok(()) => json!({ "ready": true }),
+        Err(detail) => json!({ "ready": false, "detail": detail }),
+    };
+    let ready = sources_ready && store["ready"] == true;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -41,7 +54,7 @@ async fn readyz(State(admin): State<Admin>) -> Response {
     };
     (
         status,
-        axum::Json(json!({ "ready": ready, "sources": sources })),
+        axum::Json(json!({ "ready": ready, "store": store, "sources": sources })),
     )
         .into_response()
 }

@@ -33,7 +33,8 @@ use crate::store::{OpenError, Store};
 /// Why herald could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("rules: {0}")]
+    /// Every problem, one per line, each naming the file and line.
+    #[error("{0}")]
     Rules(#[from] RulesError),
     #[error("{0}")]
     Source(#[from] SourceError),
@@ -48,8 +49,9 @@ pub enum StartError {
 
 impl StartError {
     /// Exit status: 2 for configuration problems (config, rules, source
-    /// settings), 1 for the environment (the port is taken).
-    pub fn exit_code(&self) -> i32 {
+    /// and store settings), 1 for the environment (the port is taken, the
+    /// disk store is held by another process).
+    pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Rules(_)
             | StartError::Source(SourceError::Config { .. })
@@ -103,7 +105,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     };
     let store = crate::store::open(&config.store, hub.clone(), metrics.clone()).await?;
     metrics.rules_loaded(true);
-    tracing::info!(origin = rules.origin(), rules = rules.len(), "rules loaded");
+    tracing::info!(
+        origin = rules.origin(),
+        rules = rules.len(),
+        version = rules.content_id(),
+        "rules loaded"
+    );
     let pipeline = Arc::new(Pipeline::new(
         rules,
         store.clone(),
@@ -161,7 +168,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         max_notification_bytes: config.rules.max_notification_bytes,
         sessions: TaskTracker::new(),
     });
-    let router = router(&config, &gateway, &pipeline, &readiness, &metrics);
+    let router = router(&config, &gateway, &pipeline, &readiness, &store, &metrics);
 
     let header_timeout = Duration::from_millis(config.server.handshake_timeout_ms);
     let drain = Duration::from_millis(config.server.shutdown_timeout_ms);
@@ -240,6 +247,7 @@ fn router(
     gateway: &Arc<Gateway>,
     pipeline: &Arc<Pipeline>,
     readiness: &Readiness,
+    store: &Arc<dyn Store>,
     metrics: &Arc<Metrics>,
 ) -> Router {
     let mut router = Router::new()
@@ -249,7 +257,11 @@ fn router(
             "/notifications",
             get(ws::upgrade).with_state(gateway.clone()),
         )
-        .merge(crate::admin::routes(readiness.clone(), metrics.clone()));
+        .merge(crate::admin::routes(
+            readiness.clone(),
+            store.clone(),
+            metrics.clone(),
+        ));
     for source in &config.sources {
         if let Some(http) = source.http() {
             router = router.merge(crate::source::http::routes(http, pipeline.clone()));

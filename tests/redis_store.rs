@@ -435,6 +435,97 @@ async fn while_redis_is_down_appends_fail_and_resume_when_it_is_back() {
     h.stop().await;
 }
 
+/// `/readyz` includes the store: 503 naming Redis while it is down (at
+/// start too, which no longer waits 3 s for it), 200 once it is back.
+/// Mutation: `RedisStore::readiness` always `Ok` fails the first 503.
+#[tokio::test]
+async fn readiness_follows_redis_from_start_through_an_outage() {
+    let mut redis = RedisServer::start(true);
+    redis.kill9();
+    let prefix = redis_server::prefix();
+    let started = Instant::now();
+    let h = node(&redis.url(), &prefix, |_| {}).await;
+    let waited = started.elapsed();
+    // A refused connection fails the feed's first attempt at once; the old
+    // start-up waited 3 s regardless.
+    assert!(
+        waited < Duration::from_millis(2500),
+        "start waited {waited:?}"
+    );
+    let (status, body) = h.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["store"]["ready"], false, "{body}");
+    let detail = body["store"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!("127.0.0.1:{}", redis.port)),
+        "{body}"
+    );
+    assert_eq!(body["sources"]["http"]["ready"], true, "{body}");
+
+    redis.restart();
+    h.wait_ready(200, Duration::from_secs(20)).await.unwrap();
+    redis.kill9();
+    let body = h.wait_ready(503, Duration::from_secs(20)).await.unwrap();
+    assert!(body.contains("\"store\":{\"detail\""), "{body}");
+    redis.restart();
+    let body = h.wait_ready(200, Duration::from_secs(20)).await.unwrap();
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["store"], json!({"ready": true}));
+    h.stop().await;
+    redis_server::cleanup(&redis.url(), &prefix).await;
+}
+
+/// herald reads `appendonly` / `appendfsync` at start and warns once when
+/// Redis can lose what herald acknowledged, naming the settings; it starts
+/// either way, also against a Redis that refuses CONFIG.
+#[tokio::test]
+async fn redis_persistence_settings_are_checked_at_start() {
+    let warning = "redis may lose notifications herald acknowledged";
+    let cases = [
+        (RedisServer::start(false), Some("appendonly=\"no\"")),
+        (RedisServer::start(true), None),
+        (
+            RedisServer::start_with(true, &["--rename-command", "CONFIG", "hidden-config"]),
+            None,
+        ),
+    ];
+    for (i, (redis, warned)) in cases.iter().enumerate() {
+        let prefix = redis_server::prefix();
+        let mut p = Process::start(&format!(
+            "[store]\nkind = \"redis\"\nurl = \"{}\"\nkey_prefix = \"{prefix}\"\n",
+            redis.url()
+        ));
+        // Ready only after the check (it runs before the feed follows).
+        assert!(
+            p.wait_ready(200, Duration::from_secs(20)).await,
+            "{}",
+            p.log()
+        );
+        let log = p.log();
+        let warnings = log.lines().filter(|l| l.contains(warning)).count();
+        match warned {
+            Some(setting) => {
+                assert_eq!(warnings, 1, "case {i}: {log}");
+                let line = log.lines().find(|l| l.contains(warning)).unwrap();
+                assert!(line.contains(setting), "{line}");
+                assert!(line.contains("appendfsync="), "{line}");
+                assert!(line.contains("at_risk="), "{line}");
+            }
+            None => assert_eq!(warnings, 0, "case {i}: {log}"),
+        }
+        if i == 2 {
+            assert!(
+                log.contains("cannot read the redis persistence settings"),
+                "{log}"
+            );
+        }
+        p.stop();
+        redis_server::cleanup(&redis.url(), &prefix).await;
+    }
+}
+
 #[tokio::test]
 async fn retention_by_count_and_age_in_redis() {
     let prefix = redis_server::prefix();

@@ -417,6 +417,12 @@ impl Store for DiskStore {
         .boxed()
     }
 
+    /// Ready while the database is open; not while the writer reopens it
+    /// after an I/O error.
+    fn readiness(&self) -> Result<(), String> {
+        self.shared.db().map(|_| ()).map_err(|e| e.to_string())
+    }
+
     fn trim_expired(&self, now_ms: u64) -> BoxFuture<'_, Result<usize, StoreError>> {
         if self.max_age_ms == 0 {
             return ready(Ok(0)).boxed();

@@ -175,6 +175,11 @@ impl Store for MemoryStore {
         ready(Ok(page)).boxed()
     }
 
+    /// Always ready: it lives in the process.
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     fn trim_expired(&self, now_ms: u64) -> BoxFuture<'_, Result<usize, StoreError>> {
         let mut trimmed = 0;
         if self.max_age_ms > 0 {

@@ -265,6 +265,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         limit: usize,
     ) -> BoxFuture<'_, Result<Page, StoreError>>;
 
+    /// Whether the store can take appends and serve reads now; if not, why
+    /// (`/readyz` then answers 503 with the reason). Cheap and never
+    /// waiting: it reports state the store keeps (the Redis store: whether
+    /// its live feed follows Redis), it does no I/O of its own. Every kind
+    /// says; the default (ready) is for test doubles.
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Drop notifications older than the retention age. Returns how many.
     fn trim_expired(&self, now_ms: u64) -> BoxFuture<'_, Result<usize, StoreError>>;
 

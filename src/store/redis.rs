@@ -22,7 +22,10 @@
 //!   so a Redis restart with persistence loses nothing live either. Until
 //!   the feed first knows where it starts, reads fail, so no session can
 //!   subscribe before a point the feed would skip; the
-//!   command connection reconnects by itself (`ConnectionManager`). While
+//!   command connection reconnects by itself (`ConnectionManager`). The
+//!   store is ready (`/readyz`) while the feed follows Redis; start-up
+//!   waits for the feed's first attempt only, so an unreachable Redis does
+//!   not hold up listening. While
 //!   Redis is unreachable appends fail with [`StoreError::Unavailable`] and
 //!   sources do not acknowledge. A failed group also fails every append
 //!   queued behind it and breaks its streams' fences ([`super::Fence`]),
@@ -69,6 +72,9 @@ const TRIM_ROUNDS: usize = 100;
 const TRIM_BUDGET: usize = 10_000;
 /// Lua numbers are doubles: offsets beyond this are not exact.
 const MAX_OFFSET: u64 = 1 << 53;
+/// Longest start-up waits for the live feed's first connection attempt
+/// (its connection timeout is 1 s).
+const FIRST_ATTEMPT_WAIT: Duration = Duration::from_millis(1500);
 
 /// KEYS: notify, heads, then (meta, log, dedupe) per notification.
 /// ARGV: now, max_per_channel, dedupe_window, notify_max_len, fresh epoch,
@@ -198,6 +204,22 @@ struct Settings {
     /// Set once the live feed knows where it starts. Until then reads fail:
     /// a session that subscribed before would miss what the feed skips.
     feeding: AtomicBool,
+    /// `host:port` of Redis, for messages.
+    addr: String,
+    /// Why the live feed is not following Redis now (`None` while it is):
+    /// the store's readiness.
+    problem: Mutex<Option<String>>,
+    /// Told when the feed's connection attempt ends, either way.
+    attempted: tokio::sync::Notify,
+    /// The persistence settings were checked (once per process).
+    persistence_checked: AtomicBool,
+}
+
+impl Settings {
+    fn set_problem(&self, problem: Option<String>) {
+        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+        self.attempted.notify_one();
+    }
 }
 
 /// See the module docs.
@@ -250,20 +272,24 @@ impl RedisStore {
             max_age_ms: config.max_age_secs.saturating_mul(1000),
             metrics,
             feeding: AtomicBool::new(false),
+            problem: Mutex::new(Some(format!("connecting to redis at {addr}"))),
+            addr: addr.clone(),
+            attempted: tokio::sync::Notify::new(),
+            persistence_checked: AtomicBool::new(false),
         });
         let (queue, rx) = group::queue();
         let stop = CancellationToken::new();
         let writer = tokio::spawn(write(rx, conn.clone(), settings.clone()));
         let feed = tokio::spawn(feed(client, settings.clone(), hub, stop.clone()));
-        // Serve once the feed follows Redis, or after 3 s without Redis.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while !settings.feeding.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // A reachable Redis answers within milliseconds, and the node is
+        // ready when it starts listening; an unreachable one fails the
+        // first attempt at once (or at its connection timeout), and the
+        // node listens, not ready, while the feed keeps trying.
+        let _ = tokio::time::timeout(FIRST_ATTEMPT_WAIT, settings.attempted.notified()).await;
         if settings.feeding.load(Ordering::Acquire) {
             tracing::info!(%addr, prefix = %settings.keys.prefix, "redis store connected");
         } else {
-            tracing::warn!(%addr, "redis unreachable at start; appends and reads fail until it answers");
+            tracing::warn!(%addr, "redis unreachable at start; /readyz answers 503 and appends and reads fail until it answers");
         }
         Ok(Self {
             conn,
@@ -349,6 +375,18 @@ impl Store for RedisStore {
             }
         }
         .boxed()
+    }
+
+    fn readiness(&self) -> Result<(), String> {
+        match &*self
+            .settings
+            .problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+        {
+            None => Ok(()),
+            Some(problem) => Err(problem.clone()),
+        }
     }
 
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -549,8 +587,14 @@ async fn feed(client: Client, settings: Arc<Settings>, hub: Arc<Hub>, stop: Canc
             Err(e) => e,
         };
         settings.metrics.store_error("feed");
+        settings.set_problem(Some(format!("redis at {}: {error}", settings.addr)));
         if !failing {
-            tracing::warn!(error = %error, cursor = ?cursor, "redis live feed lost; reconnecting");
+            tracing::warn!(
+                redis = %settings.addr,
+                error = %error,
+                cursor = cursor.as_deref().unwrap_or("none"),
+                "redis live feed lost; reconnecting"
+            );
             failing = true;
         }
         tokio::select! {
@@ -593,7 +637,13 @@ async fn follow(
         }
         (Some(at), Some(_)) => Some(at),
     };
+    if !settings.persistence_checked.load(Ordering::Acquire)
+        && check_persistence(conn, &settings.addr).await
+    {
+        settings.persistence_checked.store(true, Ordering::Release);
+    }
     settings.feeding.store(true, Ordering::Release);
+    settings.set_problem(None);
     let mut channel_names: std::collections::HashMap<String, (Arc<str>, String)> =
         std::collections::HashMap::new();
     loop {
@@ -631,6 +681,69 @@ async fn follow(
                 *cursor = Some(entry.id);
             }
         }
+    }
+}
+
+/// Warn once when Redis does not keep every acknowledged append (README,
+/// "Redis settings herald needs": `appendonly yes`, `appendfsync
+/// always`), naming the settings and what is at risk. herald still
+/// starts: the operator may accept the risk. A Redis that refuses `CONFIG`
+/// (managed services often rename it) cannot be checked; that is said at
+/// info level and is not an error. Returns whether the check is done (not
+/// cut short by a lost connection).
+async fn check_persistence(conn: &mut MultiplexedConnection, addr: &str) -> bool {
+    let reply: redis::RedisResult<std::collections::HashMap<String, String>> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("append*")
+        .query_async(conn)
+        .await;
+    let settings = match reply {
+        Ok(settings) => settings,
+        Err(e) if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() => return false,
+        Err(e) => {
+            tracing::info!(
+                redis = addr,
+                error = %e,
+                "cannot read the redis persistence settings (CONFIG GET refused); \
+                 no loss needs appendonly yes and appendfsync always"
+            );
+            return true;
+        }
+    };
+    let get = |key: &str| settings.get(key).map_or("unknown", String::as_str);
+    if let Some(risk) = persistence_risk(get("appendonly"), get("appendfsync")) {
+        tracing::warn!(
+            redis = addr,
+            appendonly = get("appendonly"),
+            appendfsync = get("appendfsync"),
+            at_risk = risk,
+            "redis may lose notifications herald acknowledged; set appendonly yes and \
+             appendfsync always for no loss"
+        );
+    }
+    true
+}
+
+/// What a Redis with these settings can lose of what herald acknowledged;
+/// `None` when nothing.
+fn persistence_risk(appendonly: &str, appendfsync: &str) -> Option<&'static str> {
+    if appendonly != "yes" {
+        return Some(
+            "a Redis restart loses history and dedupe keys written since its last \
+             snapshot (all of them without snapshots): clients get recovered: false, \
+             redelivered events append again",
+        );
+    }
+    match appendfsync {
+        "always" => None,
+        "everysec" => Some(
+            "a Redis crash or power loss can lose about the last second of \
+             acknowledged notifications",
+        ),
+        _ => Some(
+            "a Redis crash or power loss can lose the acknowledged notifications the \
+             operating system had not yet written",
+        ),
     }
 }
 
@@ -798,6 +911,15 @@ fn parse_page(channel: &str, v: Value) -> Result<Page, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_appendonly_with_fsync_always_risks_nothing() {
+        assert_eq!(persistence_risk("yes", "always"), None);
+        assert!(persistence_risk("no", "always").is_some_and(|r| r.contains("restart")));
+        assert!(persistence_risk("yes", "everysec").is_some_and(|r| r.contains("second")));
+        assert!(persistence_risk("yes", "no").is_some());
+        assert!(persistence_risk("unknown", "unknown").is_some());
+    }
 
     #[test]
     fn stream_ids_compare_numerically() {

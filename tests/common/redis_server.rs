@@ -51,6 +51,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: tempfile::TempDir,
     persistent: bool,
+    /// More `redis-server` arguments.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
@@ -58,6 +60,12 @@ impl RedisServer {
     /// before Redis answers (what herald needs for no loss); without it,
     /// nothing is kept across a restart.
     pub fn start(persistent: bool) -> Self {
+        Self::start_with(persistent, &[])
+    }
+
+    /// [`Self::start`] with more `redis-server` arguments
+    /// (`--rename-command CONFIG ...`).
+    pub fn start_with(persistent: bool, extra: &[&str]) -> Self {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         drop(l);
@@ -66,6 +74,7 @@ impl RedisServer {
             port,
             dir: tempfile::tempdir().unwrap(),
             persistent,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         s.spawn();
         s
@@ -92,6 +101,7 @@ impl RedisServer {
         } else {
             cmd.args(["--appendonly", "no"]);
         }
+        cmd.args(&self.extra);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
