@@ -3,7 +3,9 @@
 //!
 //! It keeps the last id of every channel it has seen (from notifications and
 //! from `subscribed` positions) and, when the connection drops, reconnects
-//! and resumes each channel from its own last id.
+//! and resumes each channel from its own last id. When it stops (`--count`
+//! reached, or Ctrl-C) it closes the WebSocket with 1000, so the server
+//! counts a normal close, not a dropped connection.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -11,6 +13,12 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+use crate::delivery::protocol::CloseCode;
+
+/// How long a closing tail waits for the server's close reply.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 /// What to connect to.
 #[derive(Debug, Clone)]
@@ -26,8 +34,11 @@ pub struct Tail {
 }
 
 /// Connect, print frames, reconnect with the last ids until `count`
-/// notifications were printed. Errors only when the first connect fails.
+/// notifications were printed or Ctrl-C. Errors only when the first
+/// connect fails.
 pub async fn run(tail: Tail) -> Result<(), String> {
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     // Channels in subscription order, learnt from `subscribed` frames when
     // the server chose them.
     let mut channels = tail.channels.clone();
@@ -47,8 +58,11 @@ pub async fn run(tail: Tail) -> Result<(), String> {
             Ok((ws, _)) => ws,
             Err(e) if first_attempt => return Err(format!("cannot connect to {url}: {e}")),
             Err(e) => {
-                eprintln!("herald tail: {e}; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                eprintln!("herald tail: cannot connect to {url}: {e}; retrying");
+                tokio::select! {
+                    _ = &mut interrupted => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
                 continue;
             }
         };
@@ -60,10 +74,21 @@ pub async fn run(tail: Tail) -> Result<(), String> {
                 frame["last_id"] = json!(id);
             }
             if let Err(e) = ws.send(Message::Text(frame.to_string().into())).await {
-                eprintln!("herald tail: {e}");
+                eprintln!("herald tail: cannot subscribe to {channel}: {e}");
             }
         }
-        while let Some(msg) = ws.next().await {
+        loop {
+            let msg = tokio::select! {
+                msg = ws.next() => msg,
+                _ = &mut interrupted => {
+                    close(&mut ws).await;
+                    return Ok(());
+                }
+            };
+            let Some(msg) = msg else {
+                eprintln!("herald tail: the connection ended; reconnecting");
+                break;
+            };
             match msg {
                 Ok(Message::Text(text)) => {
                     println!("{text}");
@@ -87,22 +112,60 @@ pub async fn run(tail: Tail) -> Result<(), String> {
                     if kind == "notification" {
                         printed += 1;
                         if tail.count > 0 && printed >= tail.count {
+                            close(&mut ws).await;
                             return Ok(());
                         }
                     }
                 }
                 Ok(Message::Close(frame)) => {
-                    eprintln!("herald tail: closed {frame:?}; reconnecting");
+                    eprintln!(
+                        "herald tail: the server closed the connection ({}); reconnecting",
+                        describe_close(frame.as_ref())
+                    );
                     break;
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    eprintln!("herald tail: {e}; reconnecting");
+                    eprintln!("herald tail: connection lost: {e}; reconnecting");
                     break;
                 }
             }
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::select! {
+            _ = &mut interrupted => return Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}
+
+/// Close with 1000 and wait (briefly) for the server's reply, so the
+/// server sees a normal close.
+async fn close<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let _ = tokio::time::timeout(CLOSE_WAIT, async {
+        if ws.close(None).await.is_ok() {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+/// `1001 going_away: server shutting down`, for a person.
+fn describe_close(frame: Option<&CloseFrame>) -> String {
+    let Some(frame) = frame else {
+        return "no close code".into();
+    };
+    let code = u16::from(frame.code);
+    let name = CloseCode::ALL
+        .iter()
+        .find(|c| c.code() == code)
+        .map_or(String::new(), |c| format!(" {}", c.reason()));
+    if frame.reason.is_empty() {
+        format!("{code}{name}")
+    } else {
+        format!("{code}{name}: {}", frame.reason)
     }
 }
 
@@ -125,4 +188,27 @@ fn join(base: &str, query: &[(&str, &str)]) -> String {
     let encoded = serde_urlencoded::to_string(query).unwrap_or_default();
     let sep = if base.contains('?') { '&' } else { '?' };
     format!("{base}{sep}{encoded}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn close_frames_read_as_code_name_and_reason() {
+        let frame = CloseFrame {
+            code: 1001.into(),
+            reason: "server shutting down".into(),
+        };
+        assert_eq!(
+            describe_close(Some(&frame)),
+            "1001 going_away: server shutting down"
+        );
+        let bare = CloseFrame {
+            code: 4999.into(),
+            reason: "".into(),
+        };
+        assert_eq!(describe_close(Some(&bare)), "4999");
+        assert_eq!(describe_close(None), "no close code");
+    }
 }

@@ -567,3 +567,34 @@ async fn an_oversized_notification_fails_its_rule_and_the_channel_goes_on() {
     assert_eq!(client.next_of_type("notification").await["title"], "small");
     h.stop().await;
 }
+
+/// A client that closes, and one whose TCP connection just ends, are
+/// counted as such; neither is a `protocol_error` (tungstenite reports the
+/// second as one). Mutation: mapping `ResetWithoutClosingHandshake` back
+/// to a protocol error fails the `dropped` wait.
+#[tokio::test]
+async fn a_normal_close_and_a_dropped_connection_are_not_protocol_errors() {
+    let h = Herald::start().await;
+    let wait_for = |series: &'static str| {
+        let h = &h;
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while h.metric(series).await != 1.0 {
+                assert!(tokio::time::Instant::now() < deadline, "{series} not 1");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    let (mut closing, _) = h.subscribe("").await;
+    closing.ws.close(None).await.unwrap();
+    wait_for(r#"herald_sessions_closed_total{reason="client_closed"}"#).await;
+    let (dropping, _) = h.subscribe("").await;
+    drop(dropping); // the TCP connection ends without a close frame
+    wait_for(r#"herald_sessions_closed_total{reason="dropped"}"#).await;
+    assert_eq!(
+        h.metric(r#"herald_sessions_closed_total{reason="protocol_error"}"#)
+            .await,
+        0.0
+    );
+    h.stop().await;
+}

@@ -48,6 +48,18 @@ const COALESCE: usize = 256;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 const TOO_SLOW: &str = "too slow: reconnect with your last ids";
 
+// Close reasons (`herald_sessions_closed_total{reason}`) of sessions that
+// end without a close code of herald's; the others are `CloseCode::reason`.
+/// The client closed the WebSocket with a close frame: a normal end.
+const CLIENT_CLOSED: &str = "client_closed";
+/// The connection ended without a close frame: the TCP connection was
+/// closed or reset, or a read or write on it failed (a client killed or
+/// gone off the network). Not the client breaking the protocol.
+const DROPPED: &str = "dropped";
+/// A write did not complete within a heartbeat period: the client accepts
+/// no bytes, so not even a close frame can reach it.
+const WRITE_STALLED: &str = "write_stalled";
+
 /// What every session shares.
 #[derive(Debug)]
 pub struct Shared {
@@ -189,14 +201,14 @@ where
                 msg = self.socket.next() => match msg {
                     Some(Ok(msg)) => Work::Message(msg),
                     Some(Err(e)) => return read_error(e),
-                    None => return End::Gone("client_closed"),
+                    None => return End::Gone(CLIENT_CLOSED),
                 },
                 _ = pings.tick() => Work::Ping,
                 () = sleep_until(pong_deadline) => return missed,
                 item = self.rx.recv() => match item {
                     Some(first) => Work::Deliver(first),
                     // The session holds a sender (in `sub`): never closed.
-                    None => return End::Gone("hub closed"),
+                    None => return End::Gone("hub_closed"),
                 },
             };
             if let Err(end) = self.guarded(work).await {
@@ -283,7 +295,7 @@ where
                 // tungstenite queued the close reply; send it so the client
                 // sees a clean close.
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.flush()).await;
-                Err(End::Gone("client_closed"))
+                Err(End::Gone(CLIENT_CLOSED))
             }
             Message::Frame(_) => Ok(()),
         }
@@ -562,8 +574,8 @@ where
     async fn write(&mut self, msg: Message) -> SendResult {
         match tokio::time::timeout(self.write_timeout, self.socket.feed(msg)).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Gone("write_error")),
-            Err(_) => Err(End::Gone("write_stalled")),
+            Ok(Err(_)) => Err(End::Gone(DROPPED)),
+            Err(_) => Err(End::Gone(WRITE_STALLED)),
         }
     }
 
@@ -573,8 +585,8 @@ where
         }
         match tokio::time::timeout(self.write_timeout, self.socket.flush()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(End::Gone("write_error")),
-            Err(_) => Err(End::Gone("write_stalled")),
+            Ok(Err(_)) => Err(End::Gone(DROPPED)),
+            Err(_) => Err(End::Gone(WRITE_STALLED)),
         }
     }
 
@@ -620,12 +632,21 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 fn read_error(e: tungstenite::Error) -> End {
+    use tungstenite::error::ProtocolError;
     match e {
         tungstenite::Error::Capacity(_) => End::Close(CloseCode::TooBig, "message too big"),
+        // The TCP connection ended without a close frame: tungstenite calls
+        // it a protocol error, but it is a client that went away.
+        tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
+            End::Gone(DROPPED)
+        }
         tungstenite::Error::Protocol(_) | tungstenite::Error::Utf8(_) => {
             End::Close(CloseCode::ProtocolError, "protocol error")
         }
-        _ => End::Gone("read_error"),
+        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+            End::Gone(CLIENT_CLOSED)
+        }
+        _ => End::Gone(DROPPED),
     }
 }
 

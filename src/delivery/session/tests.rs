@@ -260,7 +260,7 @@ async fn a_session_that_ends_mid_replay_leaves_no_hub_subscription() {
         .await
         .expect("the session ends")
         .unwrap();
-    assert_eq!(reason, "write_error");
+    assert_eq!(reason, "dropped");
     assert_eq!(f.shared.hub.subscribers("c"), 0);
 }
 
@@ -350,4 +350,40 @@ async fn a_write_still_blocked_when_the_pong_is_due_is_too_slow() {
     let reason = run(server, f.shared.clone(), live_on_c()).await;
     // Not `write_stalled` a whole heartbeat period after the write began.
     assert_eq!(reason, "too_slow");
+}
+
+/// A client's close frame is a normal end and a connection that just ends
+/// is `dropped`; only a frame that breaks the protocol is
+/// `protocol_error`. Mutation: mapping `ResetWithoutClosingHandshake` back
+/// to a protocol error fails the second case.
+#[tokio::test]
+async fn close_reasons_tell_a_normal_close_and_a_drop_from_a_protocol_error() {
+    let f = fixture(DeliveryConfig::default());
+    let closed = r#"herald_sessions_closed_total{reason="client_closed"} 1"#;
+    let dropped = r#"herald_sessions_closed_total{reason="dropped"} 1"#;
+
+    let (server, mut client) = pair().await;
+    let session = tokio::spawn(run(server, f.shared.clone(), broadcast()));
+    client.next().await.unwrap().unwrap(); // subscribed
+    client.close(None).await.unwrap();
+    assert_eq!(session.await.unwrap(), "client_closed");
+
+    let (server, mut client) = pair().await;
+    let session = tokio::spawn(run(server, f.shared.clone(), broadcast()));
+    client.next().await.unwrap().unwrap();
+    drop(client); // the connection ends, no close frame
+    assert_eq!(session.await.unwrap(), "dropped");
+
+    // An unmasked frame from a client breaks RFC 6455.
+    let (a, mut raw_client) = tokio::io::duplex(1 << 16);
+    let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
+    let session = tokio::spawn(run(server, f.shared.clone(), broadcast()));
+    tokio::io::AsyncWriteExt::write_all(&mut raw_client, &[0x81, 0x02, b'h', b'i'])
+        .await
+        .unwrap();
+    assert_eq!(session.await.unwrap(), "protocol_error");
+
+    let text = f.shared.metrics.render();
+    assert!(text.contains(closed), "{text}");
+    assert!(text.contains(dropped), "{text}");
 }
