@@ -9,6 +9,12 @@
 //!
 //! Durations are integers with their unit in the key (`ping_interval_ms`), so
 //! they read the same in TOML and in an environment variable.
+//!
+//! Errors name the file and line (or the environment variable), the key as
+//! the docs write it, and the closest known key for a misspelt one (see
+//! [`error`]).
+
+mod error;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,6 +23,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::rules::Format as RulesFormat;
 use crate::source::SourceConfig;
 
 /// The whole configuration of one herald process.
@@ -315,40 +322,51 @@ impl Default for DeliveryConfig {
 pub enum ConfigError {
     #[error("configuration file {0}: not found")]
     Missing(PathBuf),
-    #[error("{0}")]
-    Load(Box<figment::Error>),
-    #[error("invalid configuration{origin}: key `{key}`: {problem}")]
-    Invalid {
-        origin: String,
-        key: String,
-        problem: String,
-    },
+    #[error("configuration file {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    /// One line per problem: `FILE:LINE: ` or `HERALD_...: `, then the key
+    /// and what is wrong with it.
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
 }
 
 impl Config {
     /// Load defaults, then `file` (when given), then `HERALD_*` variables.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut document = None;
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::Missing(path.to_owned()));
             }
-            figment = figment.merge(Toml::file_exact(path));
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+            // Parsed here too, for the line of every key in messages.
+            let parsed = crate::rules::document::Document::parse(&text, RulesFormat::Toml)
+                .map_err(|e| {
+                    let line = e.line.map(|l| format!(":{l}")).unwrap_or_default();
+                    ConfigError::Invalid(vec![format!(
+                        "{}{line}: TOML syntax: {}",
+                        path.display(),
+                        e.message.trim_end()
+                    )])
+                })?;
+            document = Some(parsed);
+            figment = figment.merge(Toml::string(&text));
         }
         figment = figment.merge(Env::prefixed("HERALD_").split("__"));
+        let sources = error::Sources {
+            figment: &figment,
+            file: file.zip(document.as_ref()),
+        };
         let config: Config = figment
             .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))?;
-        let origin = file
-            .map(|p| format!(" in {}", p.display()))
-            .unwrap_or_default();
-        config
-            .validate()
-            .map_err(|(key, problem)| ConfigError::Invalid {
-                origin,
-                key,
-                problem,
-            })?;
+            .map_err(|e| ConfigError::Invalid(sources.describe_load(e)))?;
+        config.validate().map_err(|(key, problem)| {
+            ConfigError::Invalid(vec![sources.describe_invalid(&key, &problem)])
+        })?;
         Ok(config)
     }
 
@@ -604,6 +622,81 @@ mod tests {
             )?;
             let err = load_err(Some("loop.toml"));
             assert!(err.contains("sources[0].dead_letter_topic"), "{err}");
+            Ok(())
+        });
+    }
+
+    /// Each message: where (file and line, or the variable), the key as
+    /// the docs write it, what is wrong, the closest known key; never
+    /// figment's internal `default.` profile or a Rust type name.
+    #[test]
+    fn errors_give_the_line_the_key_and_a_suggestion() {
+        Jail::expect_with(|jail| {
+            for (toml, want) in [
+                (
+                    "[server]\nlisten = \"127.0.0.1:1\"\nmax_conections = 5\n",
+                    "herald.toml:3: unknown key `server.max_conections`; \
+                     did you mean `server.max_connections`?",
+                ),
+                (
+                    "[server]\nlisten = \"localhost:18303\"\n",
+                    "herald.toml:2: `server.listen`: \"localhost:18303\" is not an IP address \
+                     and port; a host name is not accepted (use 127.0.0.1:18303 for this \
+                     machine only, 0.0.0.0:18303 for every interface)",
+                ),
+                (
+                    "\n[delivery]\nqueue_capacity = \"many\"\n",
+                    "herald.toml:3: `delivery.queue_capacity`: expected a whole number, \
+                     0 or more, found the text \"many\"",
+                ),
+                (
+                    "[[sources]]\nkind = \"kafak\"\n",
+                    "herald.toml:2: `sources[0].kind`: unknown value \"kafak\"; \
+                     did you mean \"kafka\"? (one of \"http\", \"amqp\", \"kafka\")",
+                ),
+                (
+                    "[[sources]]\nkind = \"http\"\n\nmax_body = 3\n",
+                    "herald.toml:4: unknown key `sources[0].max_body`; \
+                     did you mean `sources[0].max_body_bytes`?",
+                ),
+                (
+                    "[serve]\nlisten = \"127.0.0.1:1\"\n",
+                    "herald.toml:1: unknown key `serve`; did you mean `server`?",
+                ),
+                (
+                    "[store]\nkind = \"redis\"\n",
+                    "herald.toml:1: `store.url`: required by kind = \"redis\": redis://host:port",
+                ),
+                ("[server\nlisten = 1\n", "herald.toml:1: TOML syntax: "),
+            ] {
+                jail.create_file("herald.toml", toml)?;
+                let err = load_err(Some("herald.toml"));
+                assert!(err.starts_with(want), "{toml}\n got: {err}\nwant: {want}");
+                assert!(!err.contains("default."), "{err}");
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn environment_errors_name_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("HERALD_SERVER__MAX_CONECTIONS", "3");
+            assert_eq!(
+                load_err(None),
+                "HERALD_SERVER__MAX_CONECTIONS: unknown key `server.max_conections`; \
+                 did you mean HERALD_SERVER__MAX_CONNECTIONS?"
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("herald.toml", "[store]\nkind = \"memory\"\n")?;
+            jail.set_env("HERALD_STORE__PATH", "/tmp/x");
+            let err = load_err(Some("herald.toml"));
+            assert!(
+                err.starts_with("HERALD_STORE__PATH: `store.path`: only used by"),
+                "{err}"
+            );
             Ok(())
         });
     }

@@ -1,20 +1,46 @@
 //! The `herald` command: `serve` (the default), `tail`, `rules check`,
 //! `rules test`.
+//!
+//! Exit statuses are the same for every command ([`EXIT_STATUSES`], also
+//! in `--help` and the README): 1 when a check failed or the environment
+//! refused (a port in use, a store held by another process), 2 when the
+//! command line, the configuration or an input file is wrong.
 
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use herald::config::{Config, LogConfig, LogFormat};
 use herald::event::{Event, Meta, SourceKind};
-use herald::rules::Rules;
+use herald::rules::{Format, Rules};
 use tracing_subscriber::EnvFilter;
+
+/// A check failed, or the environment refused (see [`EXIT_STATUSES`]).
+const FAILED: u8 = 1;
+/// The command line, the configuration or an input file is wrong.
+const USAGE: u8 = 2;
+
+/// The exit statuses of every command, for `--help` (the README has the
+/// same table).
+const EXIT_STATUSES: &str = "\
+Exit status:
+  0  success (serve: stopped by SIGTERM or SIGINT, after a clean shutdown)
+  1  a check failed, or the environment refused: `rules check` found
+     problems, `rules test` saw a rule fail; `serve` could not listen (the
+     address is in use) or open its store (a disk store another herald
+     holds); `tail` could not connect
+  2  wrong usage or input: an unknown option or argument, an invalid
+     configuration, a rules file that does not compile or cannot be read,
+     a source setting its client rejects, an event file that is not one
+     JSON object";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "herald",
     version,
-    about = "Message-queue → WebSocket notification bridge"
+    about = "Message-queue → WebSocket notification bridge",
+    after_help = EXIT_STATUSES
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,7 +59,8 @@ enum Command {
     /// Print the notifications a herald pushes, one JSON frame per line
     /// (reconnecting with the last id when the connection drops).
     Tail {
-        /// The WebSocket endpoint.
+        /// The WebSocket endpoint: for a herald on another address,
+        /// ws://HOST:PORT/notifications.
         #[arg(long, default_value = "ws://127.0.0.1:8080/notifications")]
         url: String,
         /// Channel to subscribe to (repeatable; default: the server's defaults).
@@ -56,11 +83,17 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum RulesCommand {
     /// Exit 0 when FILE is valid; else print each problem (rule, field, line) and exit 1.
-    Check { file: PathBuf },
-    /// Print, one JSON object per line, the notifications an event would produce.
-    Test {
+    Check {
+        /// The rules file (YAML, or TOML when it ends in .toml).
         file: PathBuf,
-        /// The event payload (a JSON file).
+    },
+    /// Print, one JSON object per line, the notifications an event would
+    /// produce; exit 1 if a rule failed for it, 2 if FILE or the event
+    /// cannot be used.
+    Test {
+        /// The rules file (YAML, or TOML when it ends in .toml).
+        file: PathBuf,
+        /// The event payload: a file holding one JSON object.
         #[arg(long)]
         event: PathBuf,
         /// The source the event comes from.
@@ -112,16 +145,17 @@ fn serve(config_path: Option<&Path>) -> ExitCode {
     let config = match Config::load(config_path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("herald: {e}");
-            return ExitCode::from(2);
+            print_error("herald", &e);
+            return ExitCode::from(USAGE);
         }
     };
     init_logging(&config.log);
+    let format = config.log.format;
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("herald: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            start_failed(format, &format!("cannot start the runtime: {e}"));
+            return ExitCode::from(FAILED);
         }
     };
     runtime.block_on(async move {
@@ -133,9 +167,8 @@ fn serve(config_path: Option<&Path>) -> ExitCode {
         let running = match herald::app::start(config).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::error!(error = %e, "herald could not start");
-                eprintln!("herald: {e}");
-                return ExitCode::from(e.exit_code() as u8);
+                start_failed(format, &e.to_string());
+                return ExitCode::from(e.exit_code());
             }
         };
         let stopper = running.stopper();
@@ -155,16 +188,32 @@ fn tail(tail: herald::tail::Tail) -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("herald: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            eprintln!("herald tail: cannot start the runtime: {e}");
+            return ExitCode::from(FAILED);
         }
     };
     match runtime.block_on(herald::tail::run(tail)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("herald tail: {e}");
-            ExitCode::FAILURE
+            ExitCode::from(FAILED)
         }
+    }
+}
+
+/// `herald: ...`, one line per line of `error`.
+fn print_error(prefix: &str, error: &dyn std::fmt::Display) {
+    for line in error.to_string().lines() {
+        eprintln!("{prefix}: {line}");
+    }
+}
+
+/// Say once why `serve` could not start: plain lines for a person with
+/// text logs, one log record with JSON logs (a collector reads those).
+fn start_failed(format: LogFormat, error: &str) {
+    match format {
+        LogFormat::Text => print_error("herald", &error),
+        LogFormat::Json => tracing::error!(error, "herald could not start"),
     }
 }
 
@@ -218,22 +267,36 @@ fn init_logging(config: &LogConfig) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour());
     match config.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
 }
 
+/// Colour in text logs only for a person at a terminal: never in a file or
+/// a pipe, and never with `NO_COLOR` set (<https://no-color.org>).
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn rules_check(file: &Path) -> ExitCode {
-    match Rules::load(file) {
+    let text = match Rules::read(file) {
+        Ok(text) => text,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(USAGE);
+        }
+    };
+    match Rules::parse(&text, Format::from_path(file), &file.display().to_string()) {
         Ok(rules) => {
             println!("{}: ok, {} rules", file.display(), rules.len());
             ExitCode::SUCCESS
         }
         Err(e) => {
             println!("{e}");
-            ExitCode::FAILURE
+            ExitCode::from(FAILED)
         }
     }
 }
@@ -243,17 +306,14 @@ fn rules_test(file: &Path, event_file: &Path, source: SourceKind, topic: &str) -
         Ok(r) => r,
         Err(e) => {
             eprintln!("{e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(USAGE);
         }
     };
-    let payload = match std::fs::read(event_file)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
+    let payload = match read_event(event_file) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("{}: not a JSON event: {e}", event_file.display());
-            return ExitCode::from(2);
+        Err(problem) => {
+            eprintln!("{}: {problem}", event_file.display());
+            return ExitCode::from(USAGE);
         }
     };
     let event = Event {
@@ -274,9 +334,29 @@ fn rules_test(file: &Path, event_file: &Path, source: SourceKind, topic: &str) -
             f.rule, f.field, f.message
         );
     }
+    if evaluation.matched == 0 {
+        eprintln!(
+            "no rule matched (source={}, topic={topic})",
+            source.as_str()
+        );
+    }
     if evaluation.failures.is_empty() {
         ExitCode::SUCCESS
     } else {
-        ExitCode::FAILURE
+        ExitCode::from(FAILED)
     }
+}
+
+/// The event in `path`: one JSON object, as HTTP ingest takes it.
+fn read_event(path: &Path) -> Result<serde_json::Value, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err("the file is empty: expected one JSON object".into());
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not JSON: {e}"))?;
+    if !value.is_object() {
+        return Err("not a JSON object: an event is one object ({\"type\": ...})".into());
+    }
+    Ok(value)
 }

@@ -1,5 +1,6 @@
-//! The `herald` binary: exit codes and output of `rules check`, `rules
-//! test`, configuration errors, and `serve` with SIGTERM.
+//! The `herald` binary: exit statuses and output of `rules check`, `rules
+//! test`, configuration and start-up errors, log colour, `tail`, and
+//! `serve` with SIGTERM.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -66,10 +67,15 @@ fn rules_check_reports_every_problem_with_rule_field_and_line() {
 }
 
 #[test]
-fn rules_check_of_a_missing_file_fails() {
-    let (code, out, _) = run(herald().args(["rules", "check", "/nonexistent/rules.yaml"]));
+fn rules_check_of_a_missing_or_empty_file() {
+    let (code, _, err) = run(herald().args(["rules", "check", "/nonexistent/rules.yaml"]));
+    assert_eq!(code, 2, "a file that cannot be read is bad input");
+    assert!(err.contains("cannot read"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let empty = write(&dir, "empty.yaml", "");
+    let (code, out, _) = run(herald().args(["rules", "check"]).arg(&empty));
     assert_eq!(code, 1);
-    assert!(out.contains("cannot read"), "{out}");
+    assert!(out.contains("empty.yaml: the file is empty"), "{out}");
 }
 
 #[test]
@@ -90,14 +96,15 @@ fn rules_test_prints_one_json_object_per_notification() {
     assert_eq!(lines[1]["channel"], "user:1337");
     assert_eq!(lines[0]["title"], "Order A-10023 has shipped");
     assert_eq!(lines[0]["rule"], "order-shipped");
-    // Another source: the order rules do not match.
-    let (code, out, _) = run(herald()
+    // Another source: the order rules do not match, and it says so.
+    let (code, out, err) = run(herald()
         .args(["rules", "test"])
         .arg(root().join("examples/rules.yaml"))
         .arg("--event")
         .arg(root().join("examples/events/order-shipped.json"))
         .args(["--source", "amqp", "--topic", "orders"]));
     assert_eq!((code, out.as_str()), (0, ""));
+    assert_eq!(err, "no rule matched (source=amqp, topic=orders)\n");
 }
 
 #[test]
@@ -132,7 +139,38 @@ fn rules_test_exit_codes() {
         .arg("--event")
         .arg(&broken));
     assert_eq!(code, 2, "the event file is not JSON");
-    assert!(err.contains("broken.json"), "{err}");
+    assert!(err.contains("broken.json: not JSON"), "{err}");
+    for (name, text, problem) in [
+        ("empty.json", " \n", "the file is empty"),
+        ("list.json", r#"[{"name": "x"}]"#, "not a JSON object"),
+        ("number.json", "42", "not a JSON object"),
+    ] {
+        let event = write(&dir, name, text);
+        let (code, _, err) = run(herald()
+            .args(["rules", "test"])
+            .arg(&rules)
+            .arg("--event")
+            .arg(&event));
+        assert_eq!(code, 2, "{name}: {err}");
+        assert!(err.contains(&format!("{name}: {problem}")), "{err}");
+    }
+    let (code, _, err) = run(herald()
+        .args(["rules", "test"])
+        .arg(&rules)
+        .args(["--event", "nosuch.json"]));
+    assert_eq!(code, 2);
+    assert!(err.contains("nosuch.json: cannot read the file"), "{err}");
+    assert!(
+        !err.contains("JSON"),
+        "a missing file is not bad JSON: {err}"
+    );
+    let invalid = write(&dir, "invalid.yaml", "rules:\n  - id: r\n    emit: {}\n");
+    let (code, _, err) = run(herald()
+        .args(["rules", "test"])
+        .arg(&invalid)
+        .arg("--event")
+        .arg(&ok));
+    assert_eq!(code, 2, "rules that do not compile cannot be tried: {err}");
     let (code, _, _) = run(herald()
         .args(["rules", "test"])
         .arg(&rules)
@@ -140,18 +178,25 @@ fn rules_test_exit_codes() {
     assert_eq!(code, 2, "clap rejects an unknown source");
 }
 
+/// The file and line, the key as the docs write it, the closest known key.
 #[test]
-fn a_config_with_an_unknown_key_exits_2_naming_file_and_key() {
+fn a_config_with_an_unknown_key_exits_2_naming_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let file = write(
         &dir,
-        "herald.toml",
-        "[server]\nlisten = \"127.0.0.1:0\"\nlisen = 1\n",
+        "typo.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_conections = 5\n",
     );
     let (code, _, err) = run(herald().args(["serve", "--config"]).arg(&file));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("lisen"), "{err}");
-    assert!(err.contains("herald.toml"), "{err}");
+    assert_eq!(
+        err,
+        format!(
+            "herald: {}:3: unknown key `server.max_conections`; \
+             did you mean `server.max_connections`?\n",
+            file.display()
+        )
+    );
 }
 
 #[test]
@@ -174,44 +219,205 @@ fn a_config_with_a_bad_value_exits_2_naming_the_key() {
     );
     let (code, _, err) = run(herald().env("HERALD_SERVER__LISTEN", "nowhere"));
     assert_eq!(code, 2, "{err}");
-    assert!(err.to_lowercase().contains("listen"), "{err}");
+    assert!(
+        err.starts_with("herald: HERALD_SERVER__LISTEN: `server.listen`"),
+        "{err}"
+    );
+    let (code, _, err) = run(herald().env("HERALD_SERVER__LISTEN", "localhost:18303"));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("a host name is not accepted"), "{err}");
+    assert!(err.contains("127.0.0.1:18303"), "{err}");
 }
 
+/// Printed once, as plain text (it was an ERROR log line and the same text
+/// again).
 #[test]
-fn invalid_rules_at_start_exit_2() {
+fn invalid_rules_at_start_exit_2_said_once() {
     let dir = tempfile::tempdir().unwrap();
     let rules = write(&dir, "rules.yaml", "rules:\n  - id: a\n    emit: {}\n");
     let (code, _, err) = run(herald()
         .env("HERALD_SERVER__LISTEN", "127.0.0.1:0")
         .env("HERALD_RULES__PATH", &rules));
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("rule `a`"), "{err}");
+    assert_eq!(err.matches("rule `a`").count(), 1, "{err}");
+    assert!(
+        err.contains(&format!("herald: {}:3: rule `a`", rules.display())),
+        "{err}"
+    );
+    // With JSON logs, one JSON record instead.
+    let (code, _, err) = run(herald()
+        .env("HERALD_SERVER__LISTEN", "127.0.0.1:0")
+        .env("HERALD_LOG__FORMAT", "json")
+        .env("HERALD_RULES__PATH", &rules));
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(err.matches("rule `a`").count(), 1, "{err}");
+    let last: serde_json::Value = serde_json::from_str(err.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "ERROR", "{err}");
+}
+
+/// The table in `--help` and the README: 1 for the environment (an address
+/// in use, a disk store another herald holds), 2 for bad usage or input.
+#[test]
+fn exit_statuses() {
+    let (code, out, _) = run(herald().arg("--help"));
+    assert_eq!(code, 0);
+    assert!(out.contains("Exit status:"), "{out}");
+    for status in ["  0  ", "  1  ", "  2  "] {
+        assert!(out.contains(status), "{out}");
+    }
+    let (code, _, _) = run(herald().arg("--no-such-option"));
+    assert_eq!(code, 2);
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = run(herald().env("HERALD_SERVER__LISTEN", &addr));
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("herald: cannot listen on {addr}")),
+        "{err}"
+    );
+    assert_eq!(err.matches("cannot listen").count(), 1, "said once: {err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let holder = herald_on_free_port(|c| {
+        c.env("HERALD_STORE__KIND", "disk")
+            .env("HERALD_STORE__PATH", &store);
+    });
+    let (code, _, err) = run(herald()
+        .env("HERALD_SERVER__LISTEN", "127.0.0.1:0")
+        .env("HERALD_STORE__KIND", "disk")
+        .env("HERALD_STORE__PATH", &store));
+    assert_eq!(code, 1, "the database is held by the other herald: {err}");
+    assert!(err.contains("herald: store:"), "{err}");
+    holder.0.stop();
+}
+
+/// Colour codes only for a terminal: none when stderr is a pipe, and none
+/// on a terminal with NO_COLOR set. `script` gives herald a terminal; a
+/// taken port makes it log a warning and exit at once.
+#[test]
+fn log_colour_only_on_a_terminal_without_no_color() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = run(herald()
+        .env_remove("NO_COLOR")
+        .env("HERALD_SERVER__LISTEN", &addr));
+    assert_eq!(code, 1);
+    assert!(err.contains("authentication is OFF"), "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "no escape codes into a pipe: {err:?}"
+    );
+
+    let on_a_terminal = |no_color: Option<&str>| {
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", env!("CARGO_BIN_EXE_herald"), "/dev/null"])
+            .env("HERALD_SERVER__LISTEN", &addr)
+            .env_remove("NO_COLOR");
+        if let Some(v) = no_color {
+            cmd.env("NO_COLOR", v);
+        }
+        let (code, out, _) = run(&mut cmd);
+        assert_eq!(code, 1, "{out}");
+        assert!(out.contains("authentication is OFF"), "{out}");
+        out
+    };
+    assert!(
+        on_a_terminal(None).contains("\u{1b}["),
+        "colour on a terminal"
+    );
+    let plain = on_a_terminal(Some("1"));
+    assert!(!plain.contains('\u{1b}'), "NO_COLOR: {plain:?}");
 }
 
 /// `herald` (no arguments: serve on the defaults) on a free port, once it
 /// accepts connections.
-fn spawn_serve(stderr: Stdio) -> (std::process::Child, u16) {
+fn spawn_serve(stderr: Stdio) -> (Serving, u16) {
+    herald_on_free_port(|c| {
+        c.stderr(stderr);
+    })
+}
+
+/// A running `herald serve`, killed if a test fails before stopping it.
+struct Serving(Option<std::process::Child>);
+
+impl Serving {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, |c| c.id())
+    }
+
+    /// SIGTERM, then wait.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.id().to_string()])
+            .status();
+        if let Some(mut child) = self.0.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// The process, no longer killed on drop.
+    fn into_child(mut self) -> std::process::Child {
+        self.0.take().unwrap()
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `herald` set up by `edit`, on a free port, once it accepts connections.
+fn herald_on_free_port(edit: impl FnOnce(&mut Command)) -> (Serving, u16) {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let child = herald()
-        .env("HERALD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .stderr(stderr)
-        .spawn()
-        .unwrap();
+    let mut cmd = herald();
+    cmd.env("HERALD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    edit(&mut cmd);
+    let mut child = cmd.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("herald exited with {status} at start");
+        }
         assert!(Instant::now() < deadline, "herald did not start listening");
         std::thread::sleep(Duration::from_millis(20));
     }
-    (child, port)
+    (Serving(Some(child)), port)
+}
+
+/// `herald tail` of the herald on `port`, its stdout piped.
+fn tail_of(port: u16) -> Command {
+    let mut tail = herald();
+    tail.args(["tail", "--url"])
+        .arg(format!("ws://127.0.0.1:{port}/notifications"))
+        .stdout(Stdio::piped());
+    tail
+}
+
+/// `/metrics` of the herald on `port`, through curl.
+fn metrics(port: u16) -> String {
+    let out = Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{port}/metrics")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `herald` with no arguments serves; SIGTERM shuts it down cleanly.
 #[test]
 fn serve_starts_on_defaults_and_stops_on_sigterm() {
-    let (child, _) = spawn_serve(Stdio::piped());
+    let (serving, _) = spawn_serve(Stdio::piped());
+    let child = serving.into_child();
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -229,15 +435,9 @@ fn serve_starts_on_defaults_and_stops_on_sigterm() {
 #[test]
 fn readme_tour_with_tail_and_curl() {
     use std::io::{BufRead, BufReader};
-    let (mut server, port) = spawn_serve(Stdio::null());
-    let mut tail = herald()
-        .args([
-            "tail",
-            "--url",
-            &format!("ws://127.0.0.1:{port}/notifications"),
-        ])
+    let (server, port) = spawn_serve(Stdio::null());
+    let mut tail = tail_of(port)
         .args(["--channel", "user:42", "-n", "1"])
-        .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
@@ -256,8 +456,39 @@ fn readme_tour_with_tail_and_curl() {
     assert_eq!(n["channel"], "user:42");
     assert_eq!(n["title"], "Your order shipped");
     assert!(tail.wait().unwrap().success());
-    let _ = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status();
-    let _ = server.wait();
+    // `-n 1` closes the WebSocket properly: a normal close, not a
+    // protocol error (the session ends just after the tail exits).
+    let closed = r#"herald_sessions_closed_total{reason="client_closed"} 1"#;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut text = metrics(port);
+    while !text.contains(closed) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        text = metrics(port);
+    }
+    assert!(text.contains(closed), "{text}");
+    assert!(!text.contains(r#"reason="protocol_error""#), "{text}");
+    assert!(!text.contains(r#"reason="dropped""#), "{text}");
+    server.stop();
+}
+
+/// A server going away reads as a close code and its reason, not a Rust
+/// value.
+#[test]
+fn tail_says_why_the_server_closed() {
+    use std::io::{BufRead, BufReader};
+    let (server, port) = spawn_serve(Stdio::null());
+    let mut tail = tail_of(port).stderr(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(tail.stdout.take().unwrap()).lines();
+    let subscribed = out.next().unwrap().unwrap();
+    assert!(subscribed.contains("\"subscribed\""), "{subscribed}");
+    server.stop();
+    let mut err = BufReader::new(tail.stderr.take().unwrap()).lines();
+    let line = err.next().unwrap().unwrap();
+    let _ = tail.kill();
+    let _ = tail.wait();
+    assert_eq!(
+        line,
+        "herald tail: the server closed the connection \
+         (1001 going_away: server shutting down); reconnecting"
+    );
 }
