@@ -32,8 +32,8 @@ Exit status:
      holds); `tail` could not connect
   2  wrong usage or input: an unknown option or argument, an invalid
      configuration, a rules file that does not compile or cannot be read,
-     a source setting its client rejects, an event file that is not one
-     JSON object";
+     a source or store setting its client rejects, an event file that is
+     not one JSON object";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,6 +51,7 @@ struct Cli {
 enum Command {
     /// Run the bridge (the default). Without --config it serves on the
     /// built-in defaults: 127.0.0.1:8080, HTTP ingest, memory store.
+    #[command(after_help = EXIT_STATUSES)]
     Serve {
         /// TOML configuration file; HERALD_* variables override it.
         #[arg(long, short)]

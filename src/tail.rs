@@ -48,6 +48,8 @@ pub async fn run(tail: Tail) -> Result<(), String> {
     }
     let mut printed = 0usize;
     let mut first_attempt = true;
+    // Said once per outage, not at every retry.
+    let mut retrying = false;
     loop {
         let url = match channels.first() {
             Some(primary) => url_with(&tail.url, primary, last_ids.get(primary)),
@@ -58,7 +60,10 @@ pub async fn run(tail: Tail) -> Result<(), String> {
             Ok((ws, _)) => ws,
             Err(e) if first_attempt => return Err(format!("cannot connect to {url}: {e}")),
             Err(e) => {
-                eprintln!("herald tail: cannot connect to {url}: {e}; retrying");
+                if !retrying {
+                    eprintln!("herald tail: cannot connect to {url}: {e}; retrying every second");
+                    retrying = true;
+                }
                 tokio::select! {
                     _ = &mut interrupted => return Ok(()),
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -67,6 +72,10 @@ pub async fn run(tail: Tail) -> Result<(), String> {
             }
         };
         first_attempt = false;
+        if retrying {
+            eprintln!("herald tail: reconnected");
+            retrying = false;
+        }
         // The other channels resume with their own last ids.
         for channel in channels.iter().skip(1) {
             let mut frame = json!({ "type": "subscribe", "channel": channel });

@@ -343,10 +343,12 @@ fn poll_loop(consumer: BaseConsumer<ConsumerCtx>, topics: &[String]) -> Result<(
         return Err(failed(&ctx.name, "not started"));
     };
     let topic_refs: Vec<&str> = topics.iter().map(String::as_str).collect();
-    consumer
-        .subscribe(&topic_refs)
-        .map_err(|e| failed(&ctx.name, &format!("cannot subscribe to {topics:?}: {e}")))?;
-    tracing::info!(source = %ctx.name, group = %ctx.group, ?topics, "kafka consumer subscribed");
+    consumer.subscribe(&topic_refs).map_err(|e| {
+        let topics = topic_refs.join(", ");
+        failed(&ctx.name, &format!("cannot subscribe to {topics}: {e}"))
+    })?;
+    let topics = topic_refs.join(",");
+    tracing::info!(source = %ctx.name, group = %ctx.group, topics, "kafka consumer subscribed");
     let mut last_store = Instant::now();
     while !run.source.shutdown.is_cancelled() {
         match consumer.poll(POLL_TIMEOUT) {
