@@ -143,6 +143,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let auth = Auth::start(&config.auth, stop.clone()).await?;
     auth.warn_ungranted(&config.delivery.default_channels);
     let admin_token = Arc::new(AdminToken::load(&config.admin)?);
+    warn_if_exposed(&config, admin_token.is_set());
     let mut api_keys = Vec::new();
     for (i, source) in config.sources.iter().enumerate() {
         if let Some(http) = source.http() {
@@ -223,7 +224,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => (Some(admin), None),
     };
     let router = router(&config, &gateway, &pipeline, public_admin, &api_keys);
-    warn_if_exposed(&config, admin_token.is_set());
 
     let header_timeout = Duration::from_millis(config.server.handshake_timeout_ms);
     let drain = Duration::from_millis(config.server.shutdown_timeout_ms);

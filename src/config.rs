@@ -23,8 +23,8 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::rules::Format as RulesFormat;
 use crate::auth::{AdminConfig, AuthConfig};
+use crate::rules::Format as RulesFormat;
 use crate::source::SourceConfig;
 
 /// The whole configuration of one herald process.

@@ -71,6 +71,9 @@ async fn a_page_with_a_token_gets_its_own_notifications_and_survives_a_refresh()
         output.status.success(),
         "browser auth test failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("browser-auth: 1 passed, 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("browser-auth: 1 passed, 0 failed"),
+        "{stdout}"
+    );
     h.stop().await;
 }

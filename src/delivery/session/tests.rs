@@ -379,13 +379,23 @@ async fn close_reasons_tell_a_normal_close_and_a_drop_from_a_protocol_error() {
     let dropped = r#"herald_sessions_closed_total{reason="dropped"} 1"#;
 
     let (server, mut client) = pair().await;
-    let session = tokio::spawn(run(server, f.shared.clone(), broadcast(), Principal::open()));
+    let session = tokio::spawn(run(
+        server,
+        f.shared.clone(),
+        broadcast(),
+        Principal::open(),
+    ));
     client.next().await.unwrap().unwrap(); // subscribed
     client.close(None).await.unwrap();
     assert_eq!(session.await.unwrap(), "client_closed");
 
     let (server, mut client) = pair().await;
-    let session = tokio::spawn(run(server, f.shared.clone(), broadcast(), Principal::open()));
+    let session = tokio::spawn(run(
+        server,
+        f.shared.clone(),
+        broadcast(),
+        Principal::open(),
+    ));
     client.next().await.unwrap().unwrap();
     drop(client); // the connection ends, no close frame
     assert_eq!(session.await.unwrap(), "dropped");
@@ -393,7 +403,12 @@ async fn close_reasons_tell_a_normal_close_and_a_drop_from_a_protocol_error() {
     // An unmasked frame from a client breaks RFC 6455.
     let (a, mut raw_client) = tokio::io::duplex(1 << 16);
     let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
-    let session = tokio::spawn(run(server, f.shared.clone(), broadcast(), Principal::open()));
+    let session = tokio::spawn(run(
+        server,
+        f.shared.clone(),
+        broadcast(),
+        Principal::open(),
+    ));
     tokio::io::AsyncWriteExt::write_all(&mut raw_client, &[0x81, 0x02, b'h', b'i'])
         .await
         .unwrap();
