@@ -379,6 +379,11 @@ async fn jwks_key_rotation_without_restart_and_an_outage() {
     let t2 = k2.sign(&claims, None, Some("k2")).unwrap();
     h.subscribe(&format!("token={t2}")).await;
     assert_eq!(jwks.hits(), 2);
+    // A token naming k2 but signed by another key: a bad signature.
+    let impostor = key(KeyKind::Ed25519).sign(&claims, None, Some("k2")).unwrap();
+    let (code, reason) = refused(&h, &format!("token={impostor}")).await;
+    assert_eq!(code, Some(4001));
+    assert!(reason.contains("bad signature"), "{reason}");
     // k1 left the set: its tokens are refused.
     assert_eq!(refused(&h, &format!("token={t1}")).await.0, Some(4001));
     // The provider goes down: k2 keeps working, an unknown kid is refused.
