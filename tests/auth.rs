@@ -380,7 +380,9 @@ async fn jwks_key_rotation_without_restart_and_an_outage() {
     h.subscribe(&format!("token={t2}")).await;
     assert_eq!(jwks.hits(), 2);
     // A token naming k2 but signed by another key: a bad signature.
-    let impostor = key(KeyKind::Ed25519).sign(&claims, None, Some("k2")).unwrap();
+    let impostor = key(KeyKind::Ed25519)
+        .sign(&claims, None, Some("k2"))
+        .unwrap();
     let (code, reason) = refused(&h, &format!("token={impostor}")).await;
     assert_eq!(code, Some(4001));
     assert!(reason.contains("bad signature"), "{reason}");
