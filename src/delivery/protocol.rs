@@ -102,6 +102,17 @@ impl CloseCode {
     }
 }
 
+/// `text` cut to fit a close frame's reason (123 bytes), on a character
+/// boundary.
+pub fn close_reason(mut text: String) -> String {
+    let mut cut = text.len().min(120);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text
+}
+
 /// A frame from the client.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]

@@ -175,7 +175,7 @@ where
             code.reason()
         }
         End::Refuse(code, text) => {
-            let reason = refresh::close_reason(text);
+            let reason = super::protocol::close_reason(text);
             session.close(code, Utf8Bytes::from(reason)).await;
             code.reason()
         }

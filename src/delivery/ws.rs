@@ -263,16 +263,9 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
             Err((code, reason)) => {
                 shared.metrics.session_closed(code.reason());
                 tracing::info!(code = code.code(), reason, "session refused");
-                // A close reason must fit in a control frame (123 bytes).
-                let mut reason = reason;
-                let mut cut = reason.len().min(120);
-                while !reason.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                reason.truncate(cut);
                 let frame = CloseFrame {
                     code: code.code().into(),
-                    reason: reason.into(),
+                    reason: super::protocol::close_reason(reason).into(),
                 };
                 let _ = ws.send(Message::Close(Some(frame))).await;
                 return;

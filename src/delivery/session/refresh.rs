@@ -29,16 +29,6 @@ pub(super) fn expired() -> End {
     )
 }
 
-/// A close reason fits in a control frame (123 bytes).
-pub(super) fn close_reason(mut text: String) -> String {
-    let mut cut = text.len().min(120);
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    text.truncate(cut);
-    text
-}
-
 impl<S> Session<S>
 where
     S: Sink<Message, Error = tungstenite::Error>
