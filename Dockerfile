@@ -1,8 +1,13 @@
 # syntax=docker/dockerfile:1
 #
-# herald: build with `docker build -t herald .`, run with
-#   docker run -p 8080:8080 herald
-# or use docker-compose.yml (Kafka, RabbitMQ, Redis included).
+# herald: build with `docker build -t herald .`, run with authentication on
+#   docker run -p 8080:8080 -e HERALD_AUTH__MODE=jwt \
+#     -e HERALD_AUTH__HMAC_SECRET="$(herald keys new | sed -n 's/^key: *//p')" \
+#     -e HERALD_AUTH__ALLOW_ANONYMOUS=true herald      # (open HTTP ingest)
+# or, to try it on your machine only, without authentication:
+#   docker run -p 127.0.0.1:8080:8080 -e HERALD_AUTH__ALLOW_ANONYMOUS=true herald
+# (herald refuses to serve unauthenticated on 0.0.0.0 otherwise), or use
+# docker-compose.yml (Kafka, RabbitMQ, Redis included).
 
 # --- build -------------------------------------------------------------------
 FROM rust:1-bookworm AS builder

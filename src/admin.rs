@@ -1,5 +1,7 @@
-//! Operations endpoints: `/healthz`, `/readyz` (the store and every
-//! source), `/metrics`.
+//! Operations endpoints: `/healthz` (always public) and the admin surface,
+//! `/readyz` (the store and every source) and `/metrics` (and every later
+//! `/admin/*` endpoint), guarded by the admin token when one is set and
+//! served on `[admin] listen` when that is set.
 
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 
+use crate::auth::admin::AdminToken;
 use crate::metrics::Metrics;
 use crate::source::Readiness;
 use crate::store::Store;
@@ -21,16 +24,55 @@ struct Admin {
     metrics: Arc<Metrics>,
 }
 
-pub fn routes(readiness: Readiness, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
+/// `/healthz`: on every listener, never behind a token (load balancers and
+/// liveness probes).
+pub fn health_routes() -> Router {
+    Router::new().route("/healthz", get(healthz))
+}
+
+/// The admin surface, behind `token` when it is set.
+pub fn routes(
+    readiness: Readiness,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    token: Arc<AdminToken>,
+) -> Router {
+    let guarded = token.is_set();
+    let router = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .with_state(Admin {
             readiness,
             store,
-            metrics,
-        })
+            metrics: metrics.clone(),
+        });
+    if !guarded {
+        return router;
+    }
+    router.layer(axum::middleware::from_fn_with_state(
+        (token, metrics),
+        guard,
+    ))
+}
+
+/// The admin token check, counted when it refuses.
+async fn guard(
+    State((token, metrics)): State<(Arc<AdminToken>, Arc<Metrics>)>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match token.check(req.headers()) {
+        Ok(()) => next.run(req).await,
+        Err(status) => {
+            let reason = if status == StatusCode::UNAUTHORIZED {
+                "missing_token"
+            } else {
+                "wrong_token"
+            };
+            metrics.auth_rejected("admin", reason);
+            crate::auth::admin::refusal(status)
+        }
+    }
 }
 
 /// The process is up and serving HTTP.

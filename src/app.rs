@@ -20,6 +20,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::admin::AdminToken;
+use crate::auth::api_keys::ApiKeys;
+use crate::auth::{Auth, AuthError, AuthMode};
 use crate::config::Config;
 use crate::delivery::hub::Hub;
 use crate::delivery::session::Shared;
@@ -36,6 +39,9 @@ pub enum StartError {
     /// Every problem, one per line, each naming the file and line.
     #[error("{0}")]
     Rules(#[from] RulesError),
+    /// Keys, secrets or key files named by `[auth]`, `[admin]` or a source.
+    #[error("{0}")]
+    Auth(#[from] AuthError),
     #[error("{0}")]
     Source(#[from] SourceError),
     #[error("{0}")]
@@ -54,6 +60,7 @@ impl StartError {
     pub fn exit_code(&self) -> u8 {
         match self {
             StartError::Rules(_)
+            | StartError::Auth(_)
             | StartError::Source(SourceError::Config { .. })
             | StartError::Store(OpenError::Config(_)) => 2,
             _ => 1,
@@ -65,6 +72,7 @@ impl StartError {
 #[derive(Debug)]
 pub struct Running {
     addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
     stop: CancellationToken,
     task: JoinHandle<()>,
     pub metrics: Arc<Metrics>,
@@ -76,6 +84,11 @@ impl Running {
     /// The address the HTTP server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address of the admin listener, when `[admin] listen` is set.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// A token that starts the ordered shutdown when cancelled.
@@ -126,6 +139,22 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sources.push((name, source));
     }
 
+    let stop = CancellationToken::new();
+    let auth = Auth::start(&config.auth, stop.clone()).await?;
+    auth.warn_ungranted(&config.delivery.default_channels);
+    let admin_token = Arc::new(AdminToken::load(&config.admin)?);
+    warn_if_exposed(&config, admin_token.is_set());
+    let mut api_keys = Vec::new();
+    for (i, source) in config.sources.iter().enumerate() {
+        if let Some(http) = source.http() {
+            let keys = http.load_api_keys().map_err(|(key, problem)| AuthError {
+                key: format!("sources[{i}].{key}"),
+                problem,
+            })?;
+            api_keys.push(keys.map(Arc::new));
+        }
+    }
+
     let addr = config.server.listen;
     let listener = crate::server::bind(addr, config.server.send_buffer_bytes)
         .await
@@ -133,8 +162,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let addr = listener
         .local_addr()
         .map_err(|source| StartError::Bind { addr, source })?;
+    let admin_listener = match config.admin.listen {
+        Some(admin) => {
+            let l = crate::server::bind(admin, 0)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: admin,
+                    source,
+                })?;
+            let bound = l.local_addr().map_err(|source| StartError::Bind {
+                addr: admin,
+                source,
+            })?;
+            Some((l, bound))
+        }
+        None => None,
+    };
 
-    let stop = CancellationToken::new();
     let sources_stop = CancellationToken::new();
     let http_stop = CancellationToken::new();
     let sessions_stop = CancellationToken::new();
@@ -162,13 +206,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             store: store.clone(),
             metrics: metrics.clone(),
             config: config.delivery.clone(),
+            auth,
             shutdown: sessions_stop.clone(),
         }),
         connections: Arc::new(Semaphore::new(config.server.max_connections)),
         max_notification_bytes: config.rules.max_notification_bytes,
         sessions: TaskTracker::new(),
     });
-    let router = router(&config, &gateway, &pipeline, &readiness, &store, &metrics);
+    let admin = crate::admin::routes(
+        readiness.clone(),
+        store.clone(),
+        metrics.clone(),
+        admin_token.clone(),
+    );
+    let (public_admin, admin_router) = match admin_listener {
+        Some(_) => (None, Some(admin.merge(crate::admin::health_routes()))),
+        None => (Some(admin), None),
+    };
+    let router = router(&config, &gateway, &pipeline, public_admin, &api_keys);
 
     let header_timeout = Duration::from_millis(config.server.handshake_timeout_ms);
     let drain = Duration::from_millis(config.server.shutdown_timeout_ms);
@@ -179,6 +234,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         header_timeout,
         drain,
     ));
+    let (admin_server, admin_addr) = match (admin_listener, admin_router) {
+        (Some((listener, bound)), Some(router)) => {
+            tracing::info!(addr = %bound, "admin endpoints listening");
+            let task = tokio::spawn(crate::server::serve(
+                listener,
+                router,
+                http_stop.clone(),
+                header_timeout,
+                drain,
+            ));
+            (Some(task), Some(bound))
+        }
+        _ => (None, None),
+    };
     let maintenance = spawn_maintenance(store.clone(), config.store.max_age_secs, stop.clone());
     let watcher = match (&config.rules.path, config.rules.watch) {
         (Some(path), true) => Some(crate::rules::watch::spawn(
@@ -204,6 +273,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 tracing::warn!("sources still running at shutdown");
             }
             let _ = server.await;
+            if let Some(admin) = admin_server {
+                let _ = admin.await;
+            }
             sessions_stop.cancel();
             gateway.sessions.close();
             if tokio::time::timeout(drain, gateway.sessions.wait())
@@ -224,6 +296,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     });
     Ok(Running {
         addr,
+        admin_addr,
         stop,
         task,
         metrics,
@@ -242,13 +315,14 @@ fn source_name(sources: &[SourceConfig], index: usize) -> String {
     }
 }
 
+/// The public listener's routes; `admin` when the admin surface is not on
+/// a listener of its own. `api_keys` has one entry per HTTP source.
 fn router(
     config: &Config,
     gateway: &Arc<Gateway>,
     pipeline: &Arc<Pipeline>,
-    readiness: &Readiness,
-    store: &Arc<dyn Store>,
-    metrics: &Arc<Metrics>,
+    admin: Option<Router>,
+    api_keys: &[Option<Arc<ApiKeys>>],
 ) -> Router {
     let mut router = Router::new()
         .route("/", get(|| async { Html(crate::delivery::DEMO_PAGE) }))
@@ -257,17 +331,39 @@ fn router(
             "/notifications",
             get(ws::upgrade).with_state(gateway.clone()),
         )
-        .merge(crate::admin::routes(
-            readiness.clone(),
-            store.clone(),
-            metrics.clone(),
+        .merge(crate::admin::health_routes());
+    if let Some(admin) = admin {
+        router = router.merge(admin);
+    }
+    let http_sources = config.sources.iter().filter_map(SourceConfig::http);
+    for (http, keys) in http_sources.zip(api_keys) {
+        router = router.merge(crate::source::http::routes(
+            http,
+            pipeline.clone(),
+            keys.clone(),
         ));
-    for source in &config.sources {
-        if let Some(http) = source.http() {
-            router = router.merge(crate::source::http::routes(http, pipeline.clone()));
-        }
     }
     router
+}
+
+/// Say at start what is open to whoever reaches the listener.
+fn warn_if_exposed(config: &Config, admin_token: bool) {
+    let listen = config.server.listen;
+    if config.auth.mode == AuthMode::None {
+        tracing::warn!(
+            %listen,
+            "authentication is OFF: any client can subscribe to any channel; \
+             keep herald on a private address or set auth.mode = \"jwt\""
+        );
+    }
+    let admin_public = config.admin.listen.is_none();
+    if admin_public && !admin_token && !listen.ip().is_loopback() {
+        tracing::warn!(
+            %listen,
+            "/metrics and /readyz are public on a non-loopback address; \
+             set admin.token or admin.listen"
+        );
+    }
 }
 
 /// Trim expired notifications in the background, off the append path.

@@ -23,6 +23,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{AdminConfig, AuthConfig};
 use crate::rules::Format as RulesFormat;
 use crate::source::SourceConfig;
 
@@ -35,6 +36,10 @@ pub struct Config {
     pub rules: RulesConfig,
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
+    /// Clients' tokens and the channel policy.
+    pub auth: AuthConfig,
+    /// The admin token and listener.
+    pub admin: AdminConfig,
     /// Event sources. A file that lists `[[sources]]` replaces the default
     /// (one HTTP source); it does not add to it.
     pub sources: Vec<SourceConfig>,
@@ -48,6 +53,8 @@ impl Default for Config {
             rules: RulesConfig::default(),
             store: StoreConfig::default(),
             delivery: DeliveryConfig::default(),
+            auth: AuthConfig::default(),
+            admin: AdminConfig::default(),
             sources: vec![SourceConfig::default_http()],
         }
     }
@@ -430,6 +437,14 @@ impl Config {
                 .validate()
                 .map_err(|(key, problem)| (format!("sources[{i}].{key}"), problem))?;
         }
+        self.auth.validate()?;
+        self.admin.validate(self.server.listen)?;
+        let open_ingest = self
+            .sources
+            .iter()
+            .filter_map(SourceConfig::http)
+            .any(|http| !http.has_api_keys());
+        crate::auth::config::check_exposure(self.server.listen, &self.auth, open_ingest)?;
         Ok(())
     }
 }

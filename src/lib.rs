@@ -19,6 +19,8 @@
 //!   the WebSocket gateway and the protocol;
 //!
 //! Around it:
+//! - [`auth`]: tokens (JWT, JWKS), the channel policy every gateway asks,
+//!   producers' API keys, the admin token;
 //! - [`app`]: wiring, start-up and ordered shutdown;
 //! - [`server`]: the HTTP accept loop;
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`;
@@ -29,6 +31,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod delivery;

@@ -1,5 +1,5 @@
 //! The `herald` command: `serve` (the default), `tail`, `rules check`,
-//! `rules test`.
+//! `rules test`, `keys new`, `keys digest`, `token`.
 //!
 //! Exit statuses are the same for every command ([`EXIT_STATUSES`], also
 //! in `--help` and the README): 1 when a check failed or the environment
@@ -73,12 +73,54 @@ enum Command {
         /// Exit after this many notifications (0: run until interrupted).
         #[arg(long, short = 'n', default_value_t = 0)]
         count: usize,
+        /// A JWT for a server with authentication on (`herald token` mints
+        /// one); sent as `Authorization: Bearer`.
+        #[arg(long, env = "HERALD_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Validate or try out a rules file.
     Rules {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Make producer API keys (and admin tokens, HMAC secrets).
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Print a test token for SUB, signed with the configured
+    /// auth.hmac_secret (HS256 by default).
+    Token {
+        /// The configuration whose [auth] secret, issuer, audience and
+        /// channels_claim the token uses.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The `sub` claim: the user (`user:{sub}` is its channel).
+        #[arg(long)]
+        sub: String,
+        /// A channel pattern granted through auth.channels_claim (repeatable).
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        /// An extra claim, name=value; the value is JSON when it parses
+        /// (`teams=[1,2]`), else a string (repeatable).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// HS256, HS384 or HS512.
+        #[arg(long, default_value = "HS256")]
+        alg: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Print a fresh random key and its digest (the digest goes in
+    /// sources.api_keys; the key goes to the producer).
+    New,
+    /// Print the digest of a key read from standard input.
+    Digest,
 }
 
 #[derive(Debug, Subcommand)]
@@ -121,11 +163,13 @@ fn main() -> ExitCode {
             channels,
             last_id,
             count,
+            token,
         } => tail(herald::tail::Tail {
             url,
             channels,
             last_id,
             count,
+            token,
         }),
         Command::Rules {
             command: RulesCommand::Check { file },
@@ -139,6 +183,87 @@ fn main() -> ExitCode {
                     topic,
                 },
         } => rules_test(&file, &event, source, &topic),
+        Command::Keys {
+            command: KeysCommand::New,
+        } => keys_new(),
+        Command::Keys {
+            command: KeysCommand::Digest,
+        } => keys_digest(),
+        Command::Token {
+            config,
+            sub,
+            channels,
+            claims,
+            ttl,
+            alg,
+        } => token(config.as_deref(), sub, channels, claims, ttl, &alg),
+    }
+}
+
+fn keys_new() -> ExitCode {
+    match herald::auth::api_keys::new_key() {
+        Ok(key) => {
+            println!("key:    {key}");
+            println!("digest: {}", herald::auth::api_keys::digest(&key));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald keys new: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn keys_digest() -> ExitCode {
+    let mut key = String::new();
+    if let Err(e) = std::io::stdin().read_line(&mut key) {
+        eprintln!("herald keys digest: cannot read standard input: {e}");
+        return ExitCode::FAILURE;
+    }
+    let key = key.trim();
+    if key.is_empty() {
+        eprintln!("herald keys digest: no key on standard input");
+        return ExitCode::from(2);
+    }
+    println!("{}", herald::auth::api_keys::digest(key));
+    ExitCode::SUCCESS
+}
+
+fn token(
+    config_path: Option<&Path>,
+    sub: String,
+    channels: Vec<String>,
+    claims: Vec<String>,
+    ttl_secs: u64,
+    alg: &str,
+) -> ExitCode {
+    let config = match Config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("herald: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Ok(alg) = alg.parse() else {
+        eprintln!("herald token: --alg {alg}: HS256, HS384 or HS512");
+        return ExitCode::from(2);
+    };
+    let request = herald::auth::mint::MintRequest {
+        sub,
+        channels,
+        claims,
+        ttl_secs,
+        alg,
+    };
+    match herald::auth::mint::mint(&config.auth, &request) {
+        Ok(token) => {
+            println!("{token}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald token: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -160,7 +285,6 @@ fn serve(config_path: Option<&Path>) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        warn_if_open(&config);
         // Listen before serving: a SIGTERM that arrives as soon as the port
         // is open (a slow disk store start, an eager supervisor) still
         // shuts down cleanly instead of killing the process.
@@ -216,14 +340,6 @@ fn start_failed(format: LogFormat, error: &str) {
         LogFormat::Text => print_error("herald", &error),
         LogFormat::Json => tracing::error!(error, "herald could not start"),
     }
-}
-
-fn warn_if_open(config: &Config) {
-    tracing::warn!(
-        listen = %config.server.listen,
-        "authentication is OFF: any client can connect, subscribe to any channel and post events; \
-         keep herald on a private address"
-    );
 }
 
 /// SIGTERM or SIGINT. The handlers are registered when this is called, not

@@ -41,6 +41,9 @@ pub struct Metrics {
     pub sessions_closed: Family<Labels, Counter>,
     /// Client protocol errors, by error code.
     pub client_errors: Family<Labels, Counter>,
+    /// Refused credentials and channels, by surface (`connect`, `refresh`,
+    /// `subscribe`, `ingest`, `admin`) and reason.
+    pub auth_rejections: Family<Labels, Counter>,
     /// Rules versions loaded, by result (`ok`, `rejected`).
     pub rules_reloads: Family<Labels, Counter>,
     /// Poison events written to a dead-letter destination, by source and
@@ -138,6 +141,7 @@ impl Metrics {
         let sessions = Gauge::default();
         let sessions_closed = Family::<Labels, Counter>::default();
         let client_errors = Family::<Labels, Counter>::default();
+        let auth_rejections = Family::<Labels, Counter>::default();
         let rules_reloads = Family::<Labels, Counter>::default();
         let store_commits = Counter::default();
         let store_commit_size = Histogram::new(exponential_buckets(1.0, 4.0, 8));
@@ -204,6 +208,11 @@ impl Metrics {
             client_errors.clone(),
         );
         registry.register(
+            "auth_rejections",
+            "Refused tokens, API keys, admin tokens and channels, by surface and reason",
+            auth_rejections.clone(),
+        );
+        registry.register(
             "rules_reloads",
             "Rules versions loaded, by result",
             rules_reloads.clone(),
@@ -259,6 +268,7 @@ impl Metrics {
             sessions,
             sessions_closed,
             client_errors,
+            auth_rejections,
             rules_reloads,
             store_commits,
             store_commit_size,
@@ -303,6 +313,15 @@ impl Metrics {
     pub fn session_closed(&self, reason: &'static str) {
         self.sessions_closed
             .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+
+    pub fn auth_rejected(&self, surface: &'static str, reason: &'static str) {
+        self.auth_rejections
+            .get_or_create(&vec![
+                ("surface", surface.to_string()),
+                ("reason", reason.to_string()),
+            ])
             .inc();
     }
 

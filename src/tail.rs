@@ -6,6 +6,9 @@
 //! and resumes each channel from its own last id. When it stops (`--count`
 //! reached, or Ctrl-C) it closes the WebSocket with 1000, so the server
 //! counts a normal close, not a dropped connection.
+//! A token is sent as `Authorization: Bearer` (it stays out of URLs); a
+//! close that reconnecting cannot fix (4000, 4001, 4003, 4010, 1008, 1009)
+//! ends `tail` with an error.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -13,6 +16,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use crate::delivery::protocol::CloseCode;
@@ -31,7 +35,12 @@ pub struct Tail {
     pub last_id: Option<String>,
     /// Stop after this many notifications (0: never).
     pub count: usize,
+    /// A JWT, when the server has authentication on.
+    pub token: Option<String>,
 }
+
+/// Close codes after which reconnecting the same way cannot help.
+const FINAL: [u16; 6] = [1008, 1009, 4000, 4001, 4003, 4010];
 
 /// Connect, print frames, reconnect with the last ids until `count`
 /// notifications were printed or Ctrl-C. Errors only when the first
@@ -56,7 +65,17 @@ pub async fn run(tail: Tail) -> Result<(), String> {
             // Server defaults, first connection only.
             None => url_without_channel(&tail.url, tail.last_id.as_deref()),
         };
-        let mut ws = match tokio_tungstenite::connect_async(&url).await {
+        let mut request = match url.as_str().into_client_request() {
+            Ok(r) => r,
+            Err(e) => return Err(format!("{url}: {e}")),
+        };
+        if let Some(token) = &tail.token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| "the token is not a valid header value".to_string())?;
+            request.headers_mut().insert("authorization", value);
+        }
+        let mut ws = match tokio_tungstenite::connect_async(request).await {
             Ok((ws, _)) => ws,
             Err(e) if first_attempt => return Err(format!("cannot connect to {url}: {e}")),
             Err(e) => {
@@ -127,6 +146,18 @@ pub async fn run(tail: Tail) -> Result<(), String> {
                     }
                 }
                 Ok(Message::Close(frame)) => {
+                    let code = frame.as_ref().map_or(1005, |f| u16::from(f.code));
+                    if FINAL.contains(&code) {
+                        let hint = match code {
+                            4010 => " (get a new token: herald token --sub ...)",
+                            4001 => " (check the token)",
+                            _ => "",
+                        };
+                        return Err(format!(
+                            "the server closed the connection ({}){hint}",
+                            describe_close(frame.as_ref())
+                        ));
+                    }
                     eprintln!(
                         "herald tail: the server closed the connection ({}); reconnecting",
                         describe_close(frame.as_ref())

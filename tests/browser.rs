@@ -37,3 +37,43 @@ async fn seed_snippet_and_demo_page_work_in_chromium() {
     assert!(stdout.contains("2 passed, 0 failed"), "{stdout}");
     h.stop().await;
 }
+
+/// A page that mints its own tokens with WebCrypto (tests/browser/auth.mjs):
+/// it receives its own user's notifications only and survives a refresh
+/// on the live socket past its first token's expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_with_a_token_gets_its_own_notifications_and_survives_a_refresh() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "tests/browser/node_modules is missing: run scripts/test.sh (or scripts/browser.sh) first"
+    );
+    let h = common::Herald::start_with(|c| {
+        common::auth::jwt(c);
+        c.auth.leeway_secs = 0;
+    })
+    .await;
+    let url = h.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("auth.mjs")
+            .current_dir(&dir)
+            .env("HERALD_URL", url)
+            .env("HERALD_JWT_SECRET", common::auth::SECRET)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "browser auth test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("browser-auth: 1 passed, 0 failed"),
+        "{stdout}"
+    );
+    h.stop().await;
+}

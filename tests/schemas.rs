@@ -158,9 +158,11 @@ fn client_frames_match_the_client_frame_schema() {
         json!({"type": "subscribe", "channel": "user:1", "last_id": "ab-3"}),
         json!({"type": "unsubscribe", "channel": "user:1"}),
         json!({"type": "ping"}),
+        json!({"type": "refresh", "token": "a.b.c"}),
     ] {
         assert_valid(&v, &frame, "client frame");
     }
+    assert!(!v.is_valid(&json!({"type": "refresh"})));
     assert!(!v.is_valid(&json!({"type": "subscribe"})));
 }
 
@@ -260,4 +262,50 @@ fn store_kinds_and_their_keys_agree_between_schema_and_config() {
         let valid = loaded.is_ok_and(|c| c.validate().is_ok());
         assert_eq!(valid, ok, "herald: {config}");
     }
+}
+
+/// With authentication on: `refreshed` and `forbidden` from a running
+/// server, and the `[auth]` / `[admin]` / `api_keys` configuration.
+#[tokio::test]
+async fn auth_frames_and_config_match_the_schemas() {
+    let frames = validator("schemas/server-frame.schema.json");
+    let h = Herald::start_with(|c| {
+        common::auth::jwt(c);
+        c.auth.channels_claim = Some("channels".into());
+    })
+    .await;
+    let token = common::auth::token_for("s", 300, json!({"channels": ["room:1"]}));
+    let (mut client, _) = h.subscribe(&format!("token={token}&channel=room:1")).await;
+    client
+        .send_json(&json!({"type": "subscribe", "channel": "user:other"}))
+        .await;
+    assert_valid(&frames, &client.next_of_type("error").await, "forbidden");
+    let narrower = common::auth::token_for("s", 300, json!({}));
+    client
+        .send_json(&json!({"type": "refresh", "token": narrower}))
+        .await;
+    assert_valid(
+        &frames,
+        &client.next_of_type("refreshed").await,
+        "refreshed",
+    );
+    assert_valid(
+        &frames,
+        &client.next_of_type("error").await,
+        "forbidden after refresh",
+    );
+    h.stop().await;
+
+    let v = validator("schemas/config.schema.json");
+    let digest = herald::auth::api_keys::digest("k");
+    let config = json!({
+        "auth": {"mode": "jwt", "hmac_secret": common::auth::SECRET, "channels": ["user:{sub}"],
+                 "algorithms": ["HS256", "ES256"], "jwks_url": "https://idp.example/jwks.json"},
+        "admin": {"token": "0123456789abcdef", "listen": "127.0.0.1:9090"},
+        "sources": [{"kind": "http", "api_keys": [digest, {"digest": digest, "topics": ["orders.*"]}]}]
+    });
+    assert_valid(&v, &config, "auth config");
+    assert!(!v.is_valid(&json!({"auth": {"algorithms": ["none"]}})));
+    assert!(!v.is_valid(&json!({"auth": {"mode": "jwt", "secret": "x"}})));
+    assert!(!v.is_valid(&json!({"sources": [{"kind": "http", "api_keys": ["md5:00"]}]})));
 }

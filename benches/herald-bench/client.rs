@@ -55,6 +55,8 @@ pub(crate) struct Dial {
     pub read_buffer: usize,
     /// Socket receive buffer to ask for (the slow consumer asks a small one).
     pub rcvbuf: Option<u32>,
+    /// A JWT for the `token` query parameter.
+    pub token: Option<std::sync::Arc<str>>,
 }
 
 type Ws = WebSocketStream<TcpStream>;
@@ -73,7 +75,10 @@ pub(crate) async fn dial(d: &Dial, query: &str) -> Result<Ws> {
         .await
         .with_context(|| format!("connect {} from {}", d.server, d.bind))?;
     stream.set_nodelay(true)?;
-    let url = format!("ws://{}/notifications?{query}", d.server);
+    let url = match &d.token {
+        Some(t) => format!("ws://{}/notifications?{query}&token={t}", d.server),
+        None => format!("ws://{}/notifications?{query}", d.server),
+    };
     let config = WebSocketConfig::default()
         .read_buffer_size(d.read_buffer)
         .write_buffer_size(0)

@@ -22,8 +22,9 @@
 //! Layout: `server` (child processes, /proc readings), `client` (WebSocket
 //! clients and the per-client checker), `produce` (HTTP producer, event
 //! encoding, source kinds), `broker` (events pre-produced to Kafka or
-//! RabbitMQ), `stores` (the store under test), `report` (table, JSON,
-//! targets), `scenarios/` (one file each).
+//! RabbitMQ), `stores` (the store under test), `tokens` (keys and tokens
+//! for `--token` and connect-rate), `report` (table, JSON, targets),
+//! `scenarios/` (one file each).
 
 #![allow(clippy::print_stdout)]
 
@@ -34,6 +35,7 @@ mod report;
 mod scenarios;
 mod server;
 mod stores;
+mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -57,11 +59,12 @@ pub(crate) enum Scenario {
     ReconnectStorm,
     SlowConsumer,
     Ingest,
+    ConnectRate,
     All,
 }
 
 impl Scenario {
-    const EACH: [Scenario; 8] = [
+    const EACH: [Scenario; 9] = [
         Scenario::Fanout,
         Scenario::Latency,
         Scenario::E2e,
@@ -70,6 +73,7 @@ impl Scenario {
         Scenario::ReconnectStorm,
         Scenario::SlowConsumer,
         Scenario::Ingest,
+        Scenario::ConnectRate,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -82,6 +86,7 @@ impl Scenario {
             Scenario::ReconnectStorm => "reconnect-storm",
             Scenario::SlowConsumer => "slow-consumer",
             Scenario::Ingest => "ingest",
+            Scenario::ConnectRate => "connect-rate",
             Scenario::All => "all",
         }
     }
@@ -159,6 +164,11 @@ pub(crate) struct Opts {
     /// Source addresses 127.0.0.2 .. 127.0.0.(N+1) for clients.
     #[arg(long, default_value_t = 32)]
     pub source_ips: u8,
+    /// Clients present a token of this algorithm to a herald started with
+    /// authentication on (every scenario but connect-rate, which tries
+    /// each): none, hs256, rs256, es256, eddsa.
+    #[arg(long, value_enum, default_value = "none")]
+    pub token: tokens::Alg,
     /// Upper bound of any one measurement, in seconds.
     #[arg(long, default_value_t = 120)]
     pub timeout_secs: u64,

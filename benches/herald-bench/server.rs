@@ -135,6 +135,15 @@ impl Server {
                     .args(&setup.peer_args);
             }
         }
+        let own_auth = setup.env.iter().any(|(k, _)| *k == "HERALD_AUTH__MODE");
+        if kind == Kind::Herald && !own_auth {
+            // `--token`: authentication on, for the clients' token.
+            if let Some(a) = crate::tokens::auth(opts.token)? {
+                for (k, v) in &a.env {
+                    cmd.env(k, v);
+                }
+            }
+        }
         for (k, v) in &setup.env {
             cmd.env(k, v);
         }

@@ -2,8 +2,9 @@
 //! `schemas/server-frame.schema.json`, `schemas/close-codes.json`).
 //!
 //! Server → client: one JSON object per text frame, with a `type`:
-//! `notification` (pre-serialized by the log), `subscribed`, `error`, `pong`.
-//! Client → server: `subscribe`, `unsubscribe`, `ping`.
+//! `notification` (pre-serialized by the log), `subscribed`, `error`, `pong`,
+//! `refreshed`.
+//! Client → server: `subscribe`, `unsubscribe`, `ping`, `refresh`.
 
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +102,17 @@ impl CloseCode {
     }
 }
 
+/// `text` cut to fit a close frame's reason (123 bytes), on a character
+/// boundary.
+pub fn close_reason(mut text: String) -> String {
+    let mut cut = text.len().min(120);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text
+}
+
 /// A frame from the client.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -114,6 +126,10 @@ pub enum ClientFrame {
         channel: String,
     },
     Ping,
+    /// A new token for the live session (its `Debug` form is redacted).
+    Refresh {
+        token: crate::auth::Secret,
+    },
 }
 
 /// Error codes of `error` frames.
@@ -132,6 +148,9 @@ pub enum ErrorCode {
     NotSubscribed,
     /// The store could not be read; the subscription was not made.
     Unavailable,
+    /// The token does not grant the channel (a `subscribe`), or no longer
+    /// does (after a `refresh`, the subscription ended).
+    Forbidden,
 }
 
 impl ErrorCode {
@@ -143,6 +162,7 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::NotSubscribed => "not_subscribed",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Forbidden => "forbidden",
         }
     }
 }
@@ -170,6 +190,11 @@ pub enum ServerFrame<'a> {
         channel: Option<&'a str>,
     },
     Pong,
+    /// The answer to `refresh`: the session now lives until this token's
+    /// `exp` (unix seconds; null for a token without one).
+    Refreshed {
+        expires_at: Option<u64>,
+    },
 }
 
 impl ServerFrame<'_> {
@@ -198,6 +223,16 @@ mod tests {
             serde_json::from_str::<ClientFrame>(r#"{"type":"ping"}"#).expect("ping"),
             ClientFrame::Ping
         );
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"refresh","token":"a.b.c"}"#).expect("refresh");
+        assert_eq!(
+            f,
+            ClientFrame::Refresh {
+                token: crate::auth::Secret::new("a.b.c")
+            }
+        );
+        assert!(!format!("{f:?}").contains("a.b.c"), "the token is redacted");
+        assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"refresh"}"#).is_err());
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"subscribe"}"#).is_err());
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"dance"}"#).is_err());
     }
@@ -231,5 +266,11 @@ mod tests {
             e.to_json(),
             r#"{"type":"error","code":"bad_frame","message":"m"}"#
         );
+        let r = ServerFrame::Refreshed {
+            expires_at: Some(17),
+        };
+        assert_eq!(r.to_json(), r#"{"type":"refreshed","expires_at":17}"#);
+        let r = ServerFrame::Refreshed { expires_at: None };
+        assert_eq!(r.to_json(), r#"{"type":"refreshed","expires_at":null}"#);
     }
 }

@@ -24,6 +24,12 @@
 //! nothing else is a silent connection (4009). The kernel send buffer in
 //! front of the socket is bounded (`server.send_buffer_bytes`), so a stopped
 //! reader blocks a write within seconds rather than minutes.
+//!
+//! Authorization (see `refresh.rs`): every subscription, from the connect
+//! query or a frame, passes [`Principal::check`] first. A session with a
+//! token that expires is closed with 4010 at `exp` plus the leeway unless
+//! a `refresh` frame brought a newer token for the same `sub` first; a
+//! refreshed token that no longer grants a channel ends that subscription.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::hub::{Hub, Subscriber};
 use super::protocol::{ClientFrame, CloseCode, ErrorCode, ServerFrame, check_channel};
+use crate::auth::{Auth, Principal};
 use crate::config::DeliveryConfig;
 use crate::metrics::Metrics;
 use crate::store::{Delivery, Store, StoreError, parse_id};
@@ -67,6 +74,8 @@ pub struct Shared {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub config: DeliveryConfig,
+    /// Token checks (`refresh`) and the channel policy.
+    pub auth: Arc<Auth>,
     /// Cancelled at shutdown: sessions close with 1001.
     pub shutdown: CancellationToken,
 }
@@ -98,6 +107,8 @@ enum Work {
 #[derive(Debug)]
 enum End {
     Close(CloseCode, &'static str),
+    /// A close whose reason is built at run time (an auth refusal).
+    Refuse(CloseCode, String),
     /// The client went away or the socket failed; no close frame possible.
     Gone(&'static str),
 }
@@ -119,10 +130,21 @@ struct Session<S> {
     pong_timeout: Duration,
     /// Longest a single socket write may wait.
     write_timeout: Duration,
+    /// Who the client is; asked before every subscription.
+    principal: Principal,
+    /// When the token expires (plus the leeway): the session closes with
+    /// 4010 then, unless a refresh moved it.
+    expires: Option<Instant>,
 }
 
-/// Run a session until it ends; returns the close reason label.
-pub async fn run<S>(socket: S, shared: Arc<Shared>, requests: Vec<Request>) -> &'static str
+/// Run a session for `principal` until it ends; returns the close reason
+/// label. `requests` were checked against the principal by the gateway.
+pub async fn run<S>(
+    socket: S,
+    shared: Arc<Shared>,
+    requests: Vec<Request>,
+    principal: Principal,
+) -> &'static str
 where
     S: Sink<Message, Error = tungstenite::Error>
         + Stream<Item = Result<Message, tungstenite::Error>>
@@ -143,11 +165,18 @@ where
         write_timeout: Duration::from_millis(
             shared.config.ping_interval_ms + shared.config.pong_timeout_ms,
         ),
+        expires: refresh::deadline(&principal),
+        principal,
     };
     let end = session.serve(requests).await;
     let reason = match end {
         End::Close(code, text) => {
-            session.close(code, text).await;
+            session.close(code, Utf8Bytes::from_static(text)).await;
+            code.reason()
+        }
+        End::Refuse(code, text) => {
+            let reason = super::protocol::close_reason(text);
+            session.close(code, Utf8Bytes::from(reason)).await;
             code.reason()
         }
         End::Gone(reason) => reason,
@@ -205,6 +234,7 @@ where
                 },
                 _ = pings.tick() => Work::Ping,
                 () = sleep_until(pong_deadline) => return missed,
+                () = sleep_until(self.expires) => return refresh::expired(),
                 item = self.rx.recv() => match item {
                     Some(first) => Work::Deliver(first),
                     // The session holds a sender (in `sub`): never closed.
@@ -269,6 +299,7 @@ where
                         self.subscribe(&channel, last_id.as_deref()).await?;
                     }
                     Ok(ClientFrame::Unsubscribe { channel }) => self.unsubscribe(&channel).await?,
+                    Ok(ClientFrame::Refresh { token }) => self.refresh(token.expose()).await?,
                     Err(e) => {
                         let message = format!("invalid frame: {e}");
                         self.error(ErrorCode::BadFrame, &message, None).await?;
@@ -305,6 +336,13 @@ where
         if let Err(problem) = check_channel(channel) {
             return self
                 .error(ErrorCode::BadChannel, problem, Some(channel))
+                .await;
+        }
+        if let Err(why) = self.principal.check(channel) {
+            self.shared.metrics.auth_rejected("subscribe", "forbidden");
+            let message = format!("channel {why}");
+            return self
+                .error(ErrorCode::Forbidden, &message, Some(channel))
                 .await;
         }
         let known = self.channels.contains_key(channel);
@@ -595,10 +633,10 @@ where
         self.written = 0;
     }
 
-    async fn close(&mut self, code: CloseCode, reason: &'static str) {
+    async fn close(&mut self, code: CloseCode, reason: Utf8Bytes) {
         let frame = CloseFrame {
             code: code.code().into(),
-            reason: reason.into(),
+            reason,
         };
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.socket.send(Message::Close(Some(frame))))
             .await;
@@ -650,5 +688,6 @@ fn read_error(e: tungstenite::Error) -> End {
     }
 }
 
+mod refresh;
 #[cfg(test)]
 mod tests;

@@ -8,7 +8,12 @@
 //!
 //! Over the connection limit the upgrade still succeeds and the session is
 //! closed at once with 1013: browsers cannot read the status of a refused
-//! handshake, but they do see a close code.
+//! handshake, but they do see a close code. The same holds for refusals by
+//! authentication: the token (`token` query parameter or `Authorization:
+//! Bearer`) is checked before the upgrade completes, and a refused session
+//! is closed right after it with 4001 (bad token), 4010 (expired) or 4003
+//! (a channel of the query the token does not grant). The connection limit
+//! is checked first, so an overloaded server spends no CPU on signatures.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -28,6 +33,7 @@ use tokio_util::task::TaskTracker;
 
 use super::protocol::CloseCode;
 use super::session::{self, Request as Subscription, Shared};
+use crate::auth::Principal;
 
 /// State of the gateway route.
 #[derive(Debug)]
@@ -56,46 +62,142 @@ impl Gateway {
     }
 }
 
-/// Parse the connect query into the initial subscriptions.
-/// `channel` may repeat; `last_id` resumes the first (primary) channel;
-/// `token` is reserved for authentication.
-pub fn initial_subscriptions(
-    query: Option<&str>,
-    default_channels: &[String],
-    max_subscriptions: usize,
-) -> Result<Vec<Subscription>, String> {
-    let pairs: Vec<(String, String)> = match query {
-        Some(q) => serde_urlencoded::from_str(q).map_err(|e| format!("malformed query: {e}"))?,
-        None => Vec::new(),
-    };
-    let mut channels = Vec::new();
-    let mut seen = HashSet::new();
-    let mut last_id = None;
-    for (key, value) in pairs {
-        match key.as_str() {
-            "channel" if seen.insert(value.clone()) => {
-                if channels.len() == max_subscriptions {
-                    return Err(format!(
-                        "more than {max_subscriptions} channels in the query"
-                    ));
-                }
-                channels.push(value);
+/// What the connect query asks for (the token is read separately, by
+/// [`crate::auth::client_token`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectQuery {
+    /// `channel`, repeatable, in order, without duplicates.
+    pub channels: Vec<String>,
+    /// Resumes the first channel.
+    pub last_id: Option<String>,
+    /// `defaults=false`: join no default channel when none is named.
+    pub defaults: bool,
+}
+
+impl ConnectQuery {
+    /// Parse the query. At most `max_subscriptions` distinct channels.
+    pub fn parse(query: Option<&str>, max_subscriptions: usize) -> Result<Self, String> {
+        let pairs: Vec<(String, String)> = match query {
+            Some(q) => {
+                serde_urlencoded::from_str(q).map_err(|e| format!("malformed query: {e}"))?
             }
-            "last_id" => last_id = Some(value).filter(|v| !v.is_empty()),
-            _ => {}
+            None => Vec::new(),
+        };
+        let mut channels = Vec::new();
+        let mut seen = HashSet::new();
+        let mut last_id = None;
+        let mut defaults = true;
+        for (key, value) in pairs {
+            match key.as_str() {
+                "channel" if seen.insert(value.clone()) => {
+                    if channels.len() == max_subscriptions {
+                        return Err(format!(
+                            "more than {max_subscriptions} channels in the query"
+                        ));
+                    }
+                    channels.push(value);
+                }
+                "last_id" => last_id = Some(value).filter(|v| !v.is_empty()),
+                "defaults" => {
+                    defaults = match value.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err("defaults must be true or false".into()),
+                    }
+                }
+                _ => {}
+            }
         }
-    }
-    if channels.is_empty() {
-        channels = default_channels.to_vec();
-    }
-    Ok(channels
-        .into_iter()
-        .enumerate()
-        .map(|(i, channel)| Subscription {
-            channel,
-            last_id: if i == 0 { last_id.clone() } else { None },
+        Ok(Self {
+            channels,
+            last_id,
+            defaults,
         })
-        .collect())
+    }
+
+    /// The subscriptions to make for `principal`: the channels named, else
+    /// its default channels (`user:{sub}` and `default_channels`, those it
+    /// is granted) unless `defaults=false`. A named channel the principal
+    /// may not subscribe to is an error naming it (close 4003); a
+    /// malformed name is left to the session, which answers `bad_channel`.
+    pub fn requests(
+        self,
+        principal: &Principal,
+        default_channels: &[String],
+    ) -> Result<Vec<Subscription>, String> {
+        for channel in &self.channels {
+            if crate::delivery::protocol::check_channel(channel).is_err() {
+                continue;
+            }
+            if let Err(why) = principal.check(channel) {
+                return Err(format!("channel {channel}: {why}"));
+            }
+        }
+        let channels = match (self.channels.is_empty(), self.defaults) {
+            (false, _) => self.channels,
+            (true, true) => principal.default_channels(default_channels),
+            (true, false) => Vec::new(),
+        };
+        let last_id = self.last_id;
+        Ok(channels
+            .into_iter()
+            .enumerate()
+            .map(|(i, channel)| Subscription {
+                channel,
+                last_id: if i == 0 { last_id.clone() } else { None },
+            })
+            .collect())
+    }
+}
+
+/// Why a session is refused right after the upgrade.
+type Refusal = (CloseCode, String);
+
+/// Check the connection limit, the query and the token, in that order;
+/// the session's principal and subscriptions, or the refusal.
+async fn admit(
+    gw: &Gateway,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    permit: bool,
+) -> Result<(Principal, Vec<Subscription>), Refusal> {
+    let config = &gw.shared.config;
+    let metrics = &gw.shared.metrics;
+    if !permit {
+        return Err((
+            CloseCode::Overloaded,
+            "too many connections; retry later".into(),
+        ));
+    }
+    // Tokens never reach the logs: the query is logged redacted.
+    tracing::debug!(
+        query = %query.map(crate::auth::redact_query).unwrap_or_default(),
+        "WebSocket connect"
+    );
+    let connect = ConnectQuery::parse(query, config.max_subscriptions)
+        .map_err(|problem| (CloseCode::BadRequest, problem))?;
+    let token = crate::auth::client_token(query, headers);
+    let principal = gw
+        .shared
+        .auth
+        .authenticate(token.as_deref())
+        .await
+        .map_err(|rejection| {
+            metrics.auth_rejected("connect", rejection.label());
+            let code = if rejection.is_expired() {
+                CloseCode::TokenExpired
+            } else {
+                CloseCode::AuthFailed
+            };
+            (code, rejection.to_string())
+        })?;
+    let requests = connect
+        .requests(&principal, &config.default_channels)
+        .map_err(|why| {
+            metrics.auth_rejected("connect", "forbidden");
+            (CloseCode::Forbidden, why)
+        })?;
+    Ok((principal, requests))
 }
 
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -140,13 +242,9 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
     };
     let accept = derive_accept_key(key.as_bytes());
-    let requests = initial_subscriptions(
-        req.uri().query(),
-        &gw.shared.config.default_channels,
-        gw.shared.config.max_subscriptions,
-    );
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let permit = gw.connections.clone().try_acquire_owned().ok();
+    let admitted = admit(&gw, req.uri().query(), req.headers(), permit.is_some()).await;
+    let on_upgrade = hyper::upgrade::on(&mut req);
     let config = gw.ws_config();
     let shared = gw.shared.clone();
     gw.sessions.spawn(async move {
@@ -160,33 +258,20 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         let mut ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        let refusal = match (&permit, &requests) {
-            (None, _) => Some((
-                CloseCode::Overloaded,
-                "too many connections; retry later".to_string(),
-            )),
-            (_, Err(problem)) => Some((CloseCode::BadRequest, problem.clone())),
-            _ => None,
-        };
-        if let Some((code, reason)) = refusal {
-            shared.metrics.session_closed(code.reason());
-            tracing::info!(code = code.code(), reason, "session refused");
-            // A close reason must fit in a control frame (123 bytes).
-            let mut reason = reason;
-            let mut cut = reason.len().min(120);
-            while !reason.is_char_boundary(cut) {
-                cut -= 1;
+        let (principal, requests) = match admitted {
+            Ok(admitted) => admitted,
+            Err((code, reason)) => {
+                shared.metrics.session_closed(code.reason());
+                tracing::info!(code = code.code(), reason, "session refused");
+                let frame = CloseFrame {
+                    code: code.code().into(),
+                    reason: super::protocol::close_reason(reason).into(),
+                };
+                let _ = ws.send(Message::Close(Some(frame))).await;
+                return;
             }
-            reason.truncate(cut);
-            let frame = CloseFrame {
-                code: code.code().into(),
-                reason: reason.into(),
-            };
-            let _ = ws.send(Message::Close(Some(frame))).await;
-            return;
-        }
-        let requests = requests.unwrap_or_default();
-        session::run(ws, shared, requests).await;
+        };
+        session::run(ws, shared, requests, principal).await;
         drop(permit);
     });
     Response::builder()
@@ -206,19 +291,39 @@ mod tests {
         vec!["broadcast".into()]
     }
 
+    fn subscriptions(query: Option<&str>, max: usize) -> Result<Vec<Subscription>, String> {
+        ConnectQuery::parse(query, max)?.requests(&Principal::open(), &defaults())
+    }
+
     #[test]
     fn no_query_uses_default_channels() {
-        let subs = initial_subscriptions(None, &defaults(), 4).expect("ok");
+        let subs = subscriptions(None, 4).expect("ok");
         assert_eq!(subs.len(), 1);
         assert_eq!(subs[0].channel, "broadcast");
         assert_eq!(subs[0].last_id, None);
     }
 
     #[test]
+    fn defaults_false_joins_nothing_unless_channels_are_named() {
+        assert!(
+            subscriptions(Some("defaults=false"), 4)
+                .expect("ok")
+                .is_empty()
+        );
+        let subs = subscriptions(Some("defaults=false&channel=a"), 4).expect("ok");
+        assert_eq!(subs[0].channel, "a");
+        assert_eq!(
+            subscriptions(Some("defaults=true"), 4).expect("ok").len(),
+            1
+        );
+        let err = subscriptions(Some("defaults=no"), 4).expect_err("bad value");
+        assert!(err.contains("defaults"), "{err}");
+    }
+
+    #[test]
     fn last_id_applies_to_the_first_channel() {
-        let subs = initial_subscriptions(
-            Some("channel=user%3A1&channel=team:2&last_id=e-5&channel=user:1"),
-            &defaults(),
+        let subs = subscriptions(
+            Some("channel=user%3A1&channel=team:2&last_id=e-5&channel=user:1&token=x"),
             4,
         )
         .expect("ok");
@@ -231,20 +336,16 @@ mod tests {
 
     #[test]
     fn too_many_channels_is_a_bad_request() {
-        let err = initial_subscriptions(
-            Some("channel=a&channel=b&channel=a&channel=c"),
-            &defaults(),
-            2,
-        )
-        .expect_err("three distinct channels, two allowed");
+        let err = subscriptions(Some("channel=a&channel=b&channel=a&channel=c"), 2)
+            .expect_err("three distinct channels, two allowed");
         assert!(err.contains("more than 2"), "{err}");
-        let ok = initial_subscriptions(Some("channel=a&channel=b&channel=a"), &defaults(), 2);
+        let ok = subscriptions(Some("channel=a&channel=b&channel=a"), 2);
         assert_eq!(ok.expect("duplicates count once").len(), 2);
     }
 
     #[test]
     fn last_id_without_channel_resumes_the_default() {
-        let subs = initial_subscriptions(Some("last_id=e-3"), &defaults(), 4).expect("ok");
+        let subs = subscriptions(Some("last_id=e-3"), 4).expect("ok");
         assert_eq!(subs[0].channel, "broadcast");
         assert_eq!(subs[0].last_id.as_deref(), Some("e-3"));
     }

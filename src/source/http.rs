@@ -1,6 +1,10 @@
 //! The HTTP source: `POST /events/{topic}` with one JSON object or an array
 //! of them.
 //!
+//! With `api_keys` (or `api_keys_file`), a request needs `Authorization:
+//! Bearer <key>`: 401 without one, 403 with a key no digest matches or
+//! limited to other topics (checked before the body is parsed).
+//!
 //! The answer is 202 only once every notification the events produced is
 //! appended (durably, for the store in use): a producer that got 202 can
 //! forget the events. 400 for a body that is not JSON or not objects, 413
@@ -14,6 +18,7 @@
 //! commits ahead of the retry.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
@@ -29,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Source, SourceContext, SourceError};
+use crate::auth::api_keys::{ApiKeyEntry, ApiKeys};
 use crate::event::{Event, Meta, SourceKind};
 use crate::pipeline::{Pipeline, Rejection};
 use crate::store::Fence;
@@ -43,6 +49,14 @@ pub struct HttpSourceConfig {
     pub max_body_bytes: usize,
     /// Most events in one request (an array); more get 413.
     pub max_events_per_request: usize,
+    /// Producers' keys, as digests (`herald keys new` makes one); a key may
+    /// be limited to topic globs. With keys, a request needs
+    /// `Authorization: Bearer <key>`: 401 without, 403 with another key.
+    pub api_keys: Vec<ApiKeyEntry>,
+    /// A file of key digests, one per line (optionally followed by topic
+    /// globs), read at start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_keys_file: Option<PathBuf>,
 }
 
 impl Default for HttpSourceConfig {
@@ -50,6 +64,8 @@ impl Default for HttpSourceConfig {
         Self {
             max_body_bytes: 1024 * 1024,
             max_events_per_request: 10_000,
+            api_keys: Vec::new(),
+            api_keys_file: None,
         }
     }
 }
@@ -65,7 +81,15 @@ impl HttpSourceConfig {
                 "must be greater than 0".into(),
             ));
         }
+        for (i, key) in self.api_keys.iter().enumerate() {
+            key.validate().map_err(|p| (format!("api_keys[{i}]"), p))?;
+        }
         Ok(())
+    }
+
+    /// Whether producers need a key.
+    pub fn has_api_keys(&self) -> bool {
+        !self.api_keys.is_empty() || self.api_keys_file.is_some()
     }
 }
 
@@ -73,13 +97,28 @@ impl HttpSourceConfig {
 /// run synchronously, and a large array must not hold a worker thread.
 const YIELD_EVERY: usize = 64;
 
-/// The HTTP source's routes, mounted on the main server.
-pub fn routes(config: &HttpSourceConfig, pipeline: Arc<Pipeline>) -> Router {
+impl HttpSourceConfig {
+    /// The producers' keys (`api_keys` and the lines of `api_keys_file`);
+    /// `None` when there are none and the source is open.
+    pub fn load_api_keys(&self) -> Result<Option<ApiKeys>, (String, String)> {
+        ApiKeys::load(&self.api_keys, self.api_keys_file.as_deref())
+            .map_err(|problem| ("api_keys_file".into(), problem))
+    }
+}
+
+/// The HTTP source's routes, mounted on the main server. With `keys`, a
+/// request needs one of them.
+pub fn routes(
+    config: &HttpSourceConfig,
+    pipeline: Arc<Pipeline>,
+    keys: Option<Arc<ApiKeys>>,
+) -> Router {
     Router::new()
         .route("/events/{topic}", post(ingest))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .with_state(Ingest {
             pipeline,
+            keys,
             max_body_bytes: config.max_body_bytes,
             max_events: config.max_events_per_request,
         })
@@ -104,6 +143,7 @@ impl Source for HttpSource {
 #[derive(Debug, Clone)]
 struct Ingest {
     pipeline: Arc<Pipeline>,
+    keys: Option<Arc<ApiKeys>>,
     max_body_bytes: usize,
     max_events: usize,
 }
@@ -119,6 +159,12 @@ async fn ingest(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     let pipeline = &ingest.pipeline;
+    if let Some(keys) = &ingest.keys {
+        if let Err(refused) = keys.check(&headers, &topic) {
+            pipeline.metrics().auth_rejected("ingest", refused.label());
+            return error(refused.status(), refused.message());
+        }
+    }
     if topic.len() > MAX_TOPIC_LEN || topic.chars().any(char::is_control) {
         return error(
             StatusCode::BAD_REQUEST,

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod amqp;
+pub mod auth;
 pub mod crash;
 pub mod kafka;
 pub mod process;

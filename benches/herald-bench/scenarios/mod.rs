@@ -2,6 +2,7 @@
 //! starting servers (with their source backlog and store), making clients,
 //! measuring CPU over an interval.
 
+mod connect;
 mod e2e;
 mod fanout;
 mod idle;
@@ -37,6 +38,7 @@ pub(crate) async fn run(scenario: Scenario, opts: &Opts, report: &mut Report) ->
         Scenario::ReconnectStorm => storm::run(opts, report).await,
         Scenario::SlowConsumer => slow::run(opts, report).await,
         Scenario::Ingest => ingest::run(opts, report).await,
+        Scenario::ConnectRate => connect::run(opts, report).await,
         Scenario::All => Ok(()),
     }
 }
@@ -241,6 +243,12 @@ fn clients(
     channel: impl Fn(usize) -> String,
 ) -> Vec<Client> {
     let sample = (n / 1000).max(1);
+    // `--token`: every client presents it (herald was started with
+    // authentication on for it, in `Server::start_with`).
+    let token = crate::tokens::auth(opts.token)
+        .ok()
+        .flatten()
+        .map(|a| a.token.clone());
     (0..n)
         .map(|i| {
             let dial = Dial {
@@ -248,6 +256,7 @@ fn clients(
                 bind: source_ip(i, opts.source_ips),
                 read_buffer,
                 rcvbuf: None,
+                token: token.clone(),
             };
             let mut c = Client::new(i, dial, channel(i));
             c.record_latency = i % sample == 0;

@@ -13,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
 use super::{Request, Shared, run};
+use crate::auth::{Auth, Principal};
 use crate::config::{DeliveryConfig, StoreConfig};
 use crate::delivery::hub::Hub;
 use crate::metrics::Metrics;
@@ -32,6 +33,7 @@ fn fixture(config: DeliveryConfig) -> Fixture {
         store: store.clone(),
         metrics,
         config,
+        auth: Auth::disabled(),
         shutdown: CancellationToken::new(),
     });
     Fixture { shared, store }
@@ -66,7 +68,7 @@ async fn a_client_that_never_answers_pings_is_closed_with_4009() {
     let (a, mut raw_client) = tokio::io::duplex(1 << 16);
     let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
     let started = tokio::time::Instant::now();
-    let reason = run(server, f.shared.clone(), broadcast()).await;
+    let reason = run(server, f.shared.clone(), broadcast(), Principal::open()).await;
     assert_eq!(reason, "heartbeat_missed");
     let elapsed = started.elapsed();
     assert!(
@@ -93,7 +95,12 @@ async fn a_client_that_never_answers_pings_is_closed_with_4009() {
 async fn a_client_that_answers_pings_stays_connected() {
     let f = fixture(heartbeat(1_000, 500));
     let (server, mut client) = pair().await;
-    let session = tokio::spawn(run(server, f.shared.clone(), broadcast()));
+    let session = tokio::spawn(run(
+        server,
+        f.shared.clone(),
+        broadcast(),
+        Principal::open(),
+    ));
     // Reading lets tungstenite answer each ping with a pong.
     let reader = tokio::spawn(async move {
         let mut pings = 0;
@@ -121,7 +128,12 @@ async fn a_client_that_answers_pings_stays_connected() {
 async fn a_ping_frame_is_answered_with_pong() {
     let f = fixture(DeliveryConfig::default());
     let (server, mut client) = pair().await;
-    tokio::spawn(run(server, f.shared.clone(), broadcast()));
+    tokio::spawn(run(
+        server,
+        f.shared.clone(),
+        broadcast(),
+        Principal::open(),
+    ));
     let first = client.next().await.unwrap().unwrap();
     assert!(first.to_text().unwrap().contains("\"subscribed\""));
     client
@@ -200,6 +212,7 @@ async fn a_notification_both_replayed_and_queued_is_sent_once() {
         store: racing,
         metrics: f.shared.metrics.clone(),
         config: DeliveryConfig::default(),
+        auth: Auth::disabled(),
         shutdown: CancellationToken::new(),
     });
     let (server, mut client) = pair().await;
@@ -210,6 +223,7 @@ async fn a_notification_both_replayed_and_queued_is_sent_once() {
             channel: "c".into(),
             last_id: Some(format!("{epoch}-0")),
         }],
+        Principal::open(),
     ));
     let mut texts = Vec::new();
     for _ in 0..4 {
@@ -250,6 +264,7 @@ async fn a_session_that_ends_mid_replay_leaves_no_hub_subscription() {
             channel: "c".into(),
             last_id: Some(format!("{epoch}-0")),
         }],
+        Principal::open(),
     ));
     // Read a little of the replay, then go away while it is still running.
     for _ in 0..10 {
@@ -280,6 +295,7 @@ async fn a_client_that_stops_reading_on_a_quiet_channel_is_dropped() {
             channel: "c".into(),
             last_id: Some(format!("{epoch}-0")),
         }],
+        Principal::open(),
     );
     let reason = tokio::time::timeout(Duration::from_secs(60), session)
         .await
@@ -313,7 +329,7 @@ async fn a_client_that_stops_reading_while_notified_is_closed_with_4008() {
     let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
     notify_every(f.store.clone(), Duration::from_millis(100), 100);
     let started = tokio::time::Instant::now();
-    let reason = run(server, f.shared.clone(), live_on_c()).await;
+    let reason = run(server, f.shared.clone(), live_on_c(), Principal::open()).await;
     assert_eq!(reason, "too_slow");
     let elapsed = started.elapsed();
     assert!(
@@ -347,7 +363,7 @@ async fn a_write_still_blocked_when_the_pong_is_due_is_too_slow() {
         let batch: Vec<_> = (0..3000).map(|i| note(&i.to_string())).collect();
         store.append(batch).await.unwrap();
     });
-    let reason = run(server, f.shared.clone(), live_on_c()).await;
+    let reason = run(server, f.shared.clone(), live_on_c(), Principal::open()).await;
     // Not `write_stalled` a whole heartbeat period after the write began.
     assert_eq!(reason, "too_slow");
 }
@@ -363,13 +379,23 @@ async fn close_reasons_tell_a_normal_close_and_a_drop_from_a_protocol_error() {
     let dropped = r#"herald_sessions_closed_total{reason="dropped"} 1"#;
 
     let (server, mut client) = pair().await;
-    let session = tokio::spawn(run(server, f.shared.clone(), broadcast()));
+    let session = tokio::spawn(run(
+        server,
+        f.shared.clone(),
+        broadcast(),
+        Principal::open(),
+    ));
     client.next().await.unwrap().unwrap(); // subscribed
     client.close(None).await.unwrap();
     assert_eq!(session.await.unwrap(), "client_closed");
 
     let (server, mut client) = pair().await;
-    let session = tokio::spawn(run(server, f.shared.clone(), broadcast()));
+    let session = tokio::spawn(run(
+        server,
+        f.shared.clone(),
+        broadcast(),
+        Principal::open(),
+    ));
     client.next().await.unwrap().unwrap();
     drop(client); // the connection ends, no close frame
     assert_eq!(session.await.unwrap(), "dropped");
@@ -377,7 +403,12 @@ async fn close_reasons_tell_a_normal_close_and_a_drop_from_a_protocol_error() {
     // An unmasked frame from a client breaks RFC 6455.
     let (a, mut raw_client) = tokio::io::duplex(1 << 16);
     let server = WebSocketStream::from_raw_socket(a, Role::Server, None).await;
-    let session = tokio::spawn(run(server, f.shared.clone(), broadcast()));
+    let session = tokio::spawn(run(
+        server,
+        f.shared.clone(),
+        broadcast(),
+        Principal::open(),
+    ));
     tokio::io::AsyncWriteExt::write_all(&mut raw_client, &[0x81, 0x02, b'h', b'i'])
         .await
         .unwrap();
@@ -387,3 +418,4 @@ async fn close_reasons_tell_a_normal_close_and_a_drop_from_a_protocol_error() {
     assert!(text.contains(closed), "{text}");
     assert!(text.contains(dropped), "{text}");
 }
+mod auth;
