@@ -15,27 +15,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::amqp::{Created, amqp_url};
+use common::amqp::{Broker, Relay, amqp_url, close_herald_connection, source};
+use common::port::Reserved;
 use common::process::Process;
-use common::{Client, Herald, unique};
+use common::{Client, Herald, WAIT, unique};
 use futures_util::StreamExt;
 use herald::source::SourceConfig;
-use herald::source::amqp::{AmqpBinding, AmqpSourceConfig};
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use herald::source::amqp::AmqpSourceConfig;
+use lapin::options::QueueDeleteOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::{BasicProperties, ExchangeKind};
 use serde_json::{Value, json};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
-
-/// Bound of every wait in these tests.
-const WAIT: Duration = Duration::from_secs(30);
 
 const RULES: &str = r#"
 rules:
@@ -60,184 +50,10 @@ rules:
       title: "{{ event.no_such_field }}"
 "#;
 
-/// A test's own connection to the broker: publishes with confirms,
-/// inspects queues.
-struct Broker {
-    conn: Connection,
-    publisher: Channel,
-    created: Created,
-}
-
-impl Broker {
-    async fn connect() -> Self {
-        let conn = Connection::connect(&amqp_url(), ConnectionProperties::default())
-            .await
-            .expect("RabbitMQ answers at AMQP_URL (scripts/test.sh starts one)");
-        let publisher = conn.create_channel().await.unwrap();
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        Self {
-            conn,
-            publisher,
-            created: Created::default(),
-        }
-    }
-
-    /// A fresh name that is deleted as a queue when the test ends.
-    fn queue_name(&mut self, prefix: &str) -> String {
-        let name = unique(prefix);
-        self.created.queues.push(name.clone());
-        name
-    }
-
-    /// A fresh name that is deleted as an exchange when the test ends.
-    fn exchange_name(&mut self, prefix: &str) -> String {
-        let name = unique(prefix);
-        self.created.exchanges.push(name.clone());
-        name
-    }
-
-    async fn declare_exchange(&self, name: &str, kind: ExchangeKind) {
-        let ch = self.conn.create_channel().await.unwrap();
-        ch.exchange_declare(
-            name.into(),
-            kind,
-            ExchangeDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    }
-
-    /// Declare `queue` and bind it to `exchange` with `key`.
-    async fn declare_bound_queue(&self, queue: &str, exchange: &str, key: &str) {
-        self.try_declare(queue, FieldTable::default())
-            .await
-            .unwrap();
-        let ch = self.conn.create_channel().await.unwrap();
-        ch.queue_bind(
-            queue.into(),
-            exchange.into(),
-            key.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    }
-
-    /// Publish and wait for the broker's confirm; false when the message
-    /// was routed to no queue.
-    async fn publish(
-        &self,
-        exchange: &str,
-        key: &str,
-        body: &[u8],
-        props: BasicProperties,
-    ) -> bool {
-        let confirm = self
-            .publisher
-            .basic_publish(
-                exchange.into(),
-                key.into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                body,
-                props,
-            )
-            .await
-            .unwrap()
-            .await
-            .unwrap();
-        matches!(confirm, Confirmation::Ack(None))
-    }
-
-    async fn publish_json(&self, exchange: &str, key: &str, body: &Value) {
-        let routed = self
-            .publish(
-                exchange,
-                key,
-                body.to_string().as_bytes(),
-                BasicProperties::default(),
-            )
-            .await;
-        assert!(routed, "{key} was routed to a queue");
-    }
-
-    /// Ready messages in `queue` (unacknowledged ones are not counted).
-    async fn ready(&self, queue: &str) -> u32 {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        self.declare(queue, passive, FieldTable::default())
-            .await
-            .unwrap()
-            .message_count()
-    }
-
-    /// Declare `queue` (durable) with `arguments`; the broker's answer.
-    async fn try_declare(&self, queue: &str, arguments: FieldTable) -> Result<(), lapin::Error> {
-        let durable = QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        self.declare(queue, durable, arguments).await.map(|_| ())
-    }
-
-    /// On a channel of its own: a failed declaration closes its channel.
-    async fn declare(
-        &self,
-        queue: &str,
-        options: QueueDeclareOptions,
-        arguments: FieldTable,
-    ) -> Result<lapin::Queue, lapin::Error> {
-        let ch = self.conn.create_channel().await.unwrap();
-        ch.queue_declare(queue.into(), options, arguments).await
-    }
-
-    /// Take up to `n` messages from `queue`, waiting for them.
-    async fn take(&self, queue: &str, n: usize) -> Vec<lapin::message::BasicGetMessage> {
-        let ch = self.conn.create_channel().await.unwrap();
-        let deadline = Instant::now() + WAIT;
-        let mut out = Vec::new();
-        while out.len() < n && Instant::now() < deadline {
-            match ch
-                .basic_get(queue.into(), BasicGetOptions { no_ack: true })
-                .await
-                .unwrap()
-            {
-                Some(m) => out.push(m),
-                None => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-        out
-    }
-}
-
 fn rules_file(dir: &tempfile::TempDir) -> PathBuf {
     let path = dir.path().join("rules.yaml");
     std::fs::write(&path, RULES).unwrap();
     path
-}
-
-fn source(queue: &str, bindings: &[(&str, &str)]) -> AmqpSourceConfig {
-    let mut c = AmqpSourceConfig::new(amqp_url(), queue);
-    c.bindings = bindings
-        .iter()
-        .map(|(exchange, key)| AmqpBinding {
-            exchange: exchange.to_string(),
-            routing_key: key.to_string(),
-        })
-        .collect();
-    c
 }
 
 /// herald in this process with `amqp` as its only source and the test
@@ -250,45 +66,10 @@ async fn start(amqp: AmqpSourceConfig) -> (Herald, String, Client, tempfile::Tem
         c.rules.path = Some(rules_file(&rules));
     })
     .await;
-    wait_ready(&h, true).await;
+    h.wait_ready(200, WAIT).await.unwrap();
     let channel = unique("c");
     let (client, _) = h.subscribe(&format!("channel={channel}")).await;
     (h, channel, client, rules)
-}
-
-async fn wait_ready(h: &Herald, want: bool) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (ready, states) = h.running.readiness.snapshot();
-        if ready == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "readiness never became {want}: {states:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// The metric line starting with `prefix` (labels included), once its value
-/// is at least `at_least` (counters are updated just after the work they
-/// count, which a test may observe first), or when the wait is over.
-async fn metric(h: &Herald, prefix: &str, at_least: f64) -> f64 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let (_, text) = h.get("/metrics").await;
-        let value = text
-            .lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        if value >= at_least || Instant::now() > deadline {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn seqs(frames: &[Value]) -> Vec<u64> {
@@ -363,12 +144,9 @@ async fn events_reach_clients_in_queue_order_with_their_meta() {
     assert_eq!(frames[n as usize]["data"]["exchange"], direct.as_str());
     client.assert_quiet(Duration::from_millis(300)).await;
 
-    let settled = metric(
-        &h,
-        "herald_amqp_settled_total{source=\"amqp\"}",
-        (n + 2) as f64,
-    )
-    .await;
+    let settled = h
+        .wait_metric("herald_amqp_settled_total{source=\"amqp\"}", (n + 2) as f64)
+        .await;
     assert_eq!(settled, (n + 2) as f64, "every delivery acknowledged");
     h.stop().await;
     assert_eq!(broker.ready(&queue).await, 0, "nothing left unacknowledged");
@@ -443,12 +221,12 @@ async fn poison_messages_go_to_the_dead_letter_exchange_with_the_reason() {
         ]
     );
     assert_eq!(dead[0].delivery.data, b"{not json", "the body is kept");
-    let dead_lettered = metric(
-        &h,
-        "herald_amqp_poison_total{source=\"amqp\",outcome=\"dead_lettered\"}",
-        4.0,
-    )
-    .await;
+    let dead_lettered = h
+        .wait_metric(
+            "herald_amqp_poison_total{source=\"amqp\",outcome=\"dead_lettered\"}",
+            4.0,
+        )
+        .await;
     assert_eq!(dead_lettered, 4.0);
     h.stop().await;
     assert_eq!(broker.ready(&queue).await, 0, "poison is acknowledged too");
@@ -484,60 +262,22 @@ async fn without_a_dead_letter_exchange_poison_is_counted_and_acknowledged() {
         .await;
     let frames = client.notifications(1).await;
     assert_eq!(seqs(&frames), [7]);
-    let rejected = metric(
-        &h,
-        "herald_events_rejected_total{source=\"amqp\",reason=\"invalid_json\"}",
-        1.0,
-    )
-    .await;
+    let rejected = h
+        .wait_metric(
+            "herald_events_rejected_total{source=\"amqp\",reason=\"invalid_json\"}",
+            1.0,
+        )
+        .await;
     assert_eq!(rejected, 1.0);
-    let dropped = metric(
-        &h,
-        "herald_amqp_poison_total{source=\"amqp\",outcome=\"dropped\"}",
-        1.0,
-    )
-    .await;
+    let dropped = h
+        .wait_metric(
+            "herald_amqp_poison_total{source=\"amqp\",outcome=\"dropped\"}",
+            1.0,
+        )
+        .await;
     assert_eq!(dropped, 1.0);
     h.stop().await;
     assert_eq!(broker.ready(&queue).await, 0);
-}
-
-/// `rabbitmqctl` (or `$RABBITMQCTL`) with `args`; its standard output.
-fn rabbitmqctl(args: &[&str]) -> String {
-    let command = std::env::var("RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
-    let mut parts = command.split_whitespace();
-    let program = parts.next().unwrap();
-    let out = std::process::Command::new(program)
-        .args(parts)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{command} runs: {e}"));
-    assert!(
-        out.status.success(),
-        "{command} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Close herald's own connection (named `herald:<queue>`) from the broker
-/// side, leaving every other client of the broker alone.
-fn close_herald_connection(queue: &str) {
-    let marker = format!("herald:{queue}");
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let list = rabbitmqctl(&["-q", "list_connections", "pid", "client_properties"]);
-        if let Some(line) = list.lines().find(|l| l.contains(&marker)) {
-            let pid = line.split('\t').next().unwrap();
-            rabbitmqctl(&["close_connection", pid, "herald test: forced close"]);
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no connection named {marker}:\n{list}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -602,19 +342,21 @@ async fn a_connection_closed_by_the_broker_is_reopened_and_nothing_is_lost() {
         "every event exactly once, in order"
     );
     client.assert_quiet(Duration::from_millis(500)).await;
-    let failures = metric(
-        &h,
-        "herald_amqp_connection_failures_total{source=\"amqp\"}",
-        1.0,
-    )
-    .await;
+    let failures = h
+        .wait_metric(
+            "herald_amqp_connection_failures_total{source=\"amqp\"}",
+            1.0,
+        )
+        .await;
     assert!(failures >= 1.0, "the close was noticed");
-    let duplicates = metric(&h, "herald_notifications_duplicate_total", 1.0).await;
+    let duplicates = h
+        .wait_metric("herald_notifications_duplicate_total", 1.0)
+        .await;
     assert!(
         duplicates >= 1.0,
         "the unacknowledged window came back and was deduplicated"
     );
-    wait_ready(&h, true).await;
+    h.wait_ready(200, WAIT).await.unwrap();
     h.stop().await;
     assert_eq!(broker.ready(&queue).await, 0);
 }
@@ -658,13 +400,10 @@ async fn a_deleted_queue_is_declared_and_bound_again() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_broker_or_bad_credentials_is_not_ready_and_not_a_crash() {
-    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // Held, never listened on: connections are refused for the whole test.
+    let closed = Reserved::new();
     let unreachable = AmqpSourceConfig::new(
-        format!("amqp://guest:guest@127.0.0.1:{closed_port}/%2f"),
+        format!("amqp://guest:guest@{}/%2f", closed.addr()),
         unique("q"),
     );
     let mut bad_password = AmqpSourceConfig::new(amqp_url(), unique("q"));
@@ -704,12 +443,12 @@ async fn an_unreachable_broker_or_bad_credentials_is_not_ready_and_not_a_crash()
     h.publish("t", &json!({"channel": channel})).await;
     client.next_of_type("notification").await;
     assert_eq!(h.get("/healthz").await.0, 200);
-    let failures = metric(
-        &h,
-        "herald_amqp_connection_failures_total{source=\"amqp-1\"}",
-        1.0,
-    )
-    .await;
+    let failures = h
+        .wait_metric(
+            "herald_amqp_connection_failures_total{source=\"amqp-1\"}",
+            1.0,
+        )
+        .await;
     assert!(failures >= 1.0);
     h.stop().await;
 }
@@ -733,94 +472,6 @@ fn a_malformed_url_is_a_configuration_error_naming_the_key() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("sources[0].url"), "{stderr}");
     assert!(!stderr.contains("s3cret"), "{stderr}");
-}
-
-/// A TCP relay between herald and the broker whose herald → broker
-/// direction can be held: acknowledgements then never reach the broker.
-struct Relay {
-    port: u16,
-    hold: watch::Sender<bool>,
-    links: Arc<tokio::sync::Mutex<JoinSet<()>>>,
-    accept: tokio::task::JoinHandle<()>,
-}
-
-impl Relay {
-    async fn start() -> Self {
-        let url = url::Url::parse(&amqp_url()).unwrap();
-        let upstream = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap_or(5672));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (hold, held) = watch::channel(false);
-        let links = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
-        let accept = tokio::spawn({
-            let links = links.clone();
-            async move {
-                while let Ok((down, _)) = listener.accept().await {
-                    let Ok(up) = TcpStream::connect(&upstream).await else {
-                        continue;
-                    };
-                    let (mut down_r, mut down_w) = down.into_split();
-                    let (mut up_r, up_w) = up.into_split();
-                    let mut links = links.lock().await;
-                    let mut held = held.clone();
-                    links.spawn(async move {
-                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                        let mut up_w = up_w;
-                        let mut buf = vec![0u8; 16 * 1024];
-                        loop {
-                            while *held.borrow_and_update() {
-                                if held.changed().await.is_err() {
-                                    return;
-                                }
-                            }
-                            match down_r.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => {
-                                    if up_w.write_all(&buf[..n]).await.is_err() {
-                                        return;
-                                    }
-                                }
-                            }
-                        }
-                    });
-                    links.spawn(async move {
-                        let _ = tokio::io::copy(&mut up_r, &mut down_w).await;
-                    });
-                }
-            }
-        });
-        Self {
-            port,
-            hold,
-            links,
-            accept,
-        }
-    }
-
-    fn url(&self) -> String {
-        let mut url = url::Url::parse(&amqp_url()).unwrap();
-        url.set_host(Some("127.0.0.1")).unwrap();
-        url.set_port(Some(self.port)).unwrap();
-        url.to_string()
-    }
-
-    /// Stop forwarding herald's frames (its acks) to the broker.
-    fn hold(&self) {
-        self.hold.send_replace(true);
-    }
-
-    /// Drop every relayed connection (what was held is never delivered),
-    /// then forward again.
-    async fn sever(&self) {
-        self.links.lock().await.abort_all();
-        self.hold.send_replace(false);
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.accept.abort();
-    }
 }
 
 /// Read notifications until none arrives for `quiet`.

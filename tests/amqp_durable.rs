@@ -11,8 +11,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::amqp::{Created, amqp_url, source_toml};
-use common::crash::{Scenario, kill_9_during};
+use common::amqp::{Created, Relay, amqp_url, source_toml};
+use common::crash::{Run, Scenario};
 use common::process::Process;
 use common::producers::AmqpProducer;
 use common::unique;
@@ -20,6 +20,15 @@ use lapin::options::ExchangeDeclareOptions;
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 
+/// Appends herald makes after its acknowledgements are held, before each
+/// kill: they are in the log but unacknowledged at the broker.
+const HELD: f64 = 20.0;
+
+/// Before each kill, herald's acknowledgements are held in a relay and
+/// herald appends at least [`HELD`] more deliveries: the broker redelivers
+/// them after the restart, and the last run must find every one of them
+/// in the log (`herald_notifications_duplicate_total`). Fails when a
+/// redelivery is appended again (a dedupe key not rooted in `message_id`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_twice_mid_stream_loses_nothing_and_duplicates_nothing() {
     // Declared first so it is dropped last: herald is killed before the
@@ -43,6 +52,7 @@ async fn kill_9_twice_mid_stream_loses_nothing_and_duplicates_nothing() {
         )
         .await
         .unwrap();
+    let relay = Relay::start().await;
     let mut herald = Process::start_with(|dir| {
         format!(
             r#"
@@ -53,7 +63,7 @@ path = {:?}
 queue_capacity = 4096
 {}"#,
             dir.join("log").display().to_string(),
-            source_toml(&amqp_url(), &queue, &exchange, "crash.#", 300),
+            source_toml(&relay.url(), &queue, &exchange, "crash.#", 300),
         )
     });
     // Ready once the queue is declared and bound: nothing published from
@@ -64,11 +74,36 @@ queue_capacity = 4096
         herald.log()
     );
     let producer = Arc::new(AmqpProducer::connect(&amqp_url(), &exchange, "crash.event").await);
-    let report = kill_9_during(&mut herald, &Scenario::brokers(), producer, &[0.25, 0.6]).await;
+    let scenario = Scenario::brokers();
+    let ws = format!("ws://127.0.0.1:{}/notifications", herald.port);
+    let run = Run::start(&scenario, &unique("user"), producer, vec![ws]).await;
+    let appended = "herald_notifications_appended_total";
+    for fraction in [0.25, 0.6] {
+        run.wait_received(fraction).await;
+        relay.hold();
+        // Appends that finish from now on are acknowledged after the hold.
+        let before = herald.metric(appended).await;
+        let now = herald.wait_metric(appended, before + HELD).await;
+        assert!(
+            now >= before + HELD,
+            "herald stopped appending:\n{}",
+            herald.log()
+        );
+        herald.kill9();
+        relay.sever().await;
+        herald.restart();
+    }
+    let report = run.finish().await;
+    report.assert_exactly_once(&herald.log());
+    assert_eq!(report.produced, scenario.total());
+    let duplicates = herald.metric("herald_notifications_duplicate_total").await;
     eprintln!(
-        "client reconnects {}, duplicates dropped after the last restart {}",
+        "client reconnects {}, duplicates dropped after the last restart {duplicates}",
         report.reconnects(),
-        herald.metric("herald_notifications_duplicate_total").await
+    );
+    assert!(
+        duplicates >= HELD,
+        "every appended but unacknowledged delivery came back and was recognised"
     );
     herald.stop();
     let _ = conn.close(200, "done".into()).await;

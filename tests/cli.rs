@@ -3,8 +3,10 @@
 //! `serve` with SIGTERM.
 #![allow(clippy::unwrap_used)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 fn herald() -> Command {
@@ -280,7 +282,7 @@ fn exit_statuses() {
 
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
-    let holder = herald_on_free_port(|c| {
+    let holder = herald_listening(|c| {
         c.env("HERALD_STORE__KIND", "disk")
             .env("HERALD_STORE__PATH", &store);
     });
@@ -290,7 +292,7 @@ fn exit_statuses() {
         .env("HERALD_STORE__PATH", &store));
     assert_eq!(code, 1, "the database is held by the other herald: {err}");
     assert!(err.contains("herald: store:"), "{err}");
-    holder.0.stop();
+    assert!(holder.0.stop().success());
 }
 
 /// Colour codes only for a terminal: none when stderr is a pipe, and none
@@ -331,12 +333,10 @@ fn log_colour_only_on_a_terminal_without_no_color() {
     assert!(!plain.contains('\u{1b}'), "NO_COLOR: {plain:?}");
 }
 
-/// `herald` (no arguments: serve on the defaults) on a free port, once it
-/// accepts connections.
-fn spawn_serve(stderr: Stdio) -> (Serving, u16) {
-    herald_on_free_port(|c| {
-        c.stderr(stderr);
-    })
+/// `herald` (no arguments: serve on the defaults) on 127.0.0.1:0, once it
+/// listens; its log.
+fn spawn_serve() -> (Serving, u16, Lines) {
+    herald_listening(|_| {})
 }
 
 /// A running `herald serve`, killed if a test fails before stopping it.
@@ -347,19 +347,29 @@ impl Serving {
         self.0.as_ref().map_or(0, |c| c.id())
     }
 
-    /// SIGTERM, then wait.
-    fn stop(mut self) {
-        let _ = Command::new("kill")
+    fn sigterm(&self) {
+        let status = Command::new("kill")
             .args(["-TERM", &self.id().to_string()])
-            .status();
-        if let Some(mut child) = self.0.take() {
-            let _ = child.wait();
-        }
+            .status()
+            .unwrap();
+        assert!(status.success());
     }
 
-    /// The process, no longer killed on drop.
-    fn into_child(mut self) -> std::process::Child {
-        self.0.take().unwrap()
+    /// SIGTERM, then wait (within `LINE_TIMEOUT`) for the exit.
+    fn stop(mut self) -> std::process::ExitStatus {
+        self.sigterm();
+        let mut child = self.0.take().unwrap();
+        let deadline = Instant::now() + LINE_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("herald still running {LINE_TIMEOUT:?} after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 
@@ -372,27 +382,86 @@ impl Drop for Serving {
     }
 }
 
-/// `herald` set up by `edit`, on a free port, once it accepts connections.
-fn herald_on_free_port(edit: impl FnOnce(&mut Command)) -> (Serving, u16) {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+/// Bound of every wait for a line of output.
+const LINE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The lines a child writes to one of its pipes, read by a thread of their
+/// own so that a test waits for each with a deadline (a missing line fails
+/// the test instead of hanging it).
+struct Lines {
+    rx: mpsc::Receiver<String>,
+    /// Everything read so far.
+    seen: Vec<String>,
+}
+
+impl Lines {
+    fn new(pipe: impl std::io::Read + Send + 'static) -> Self {
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// The next line; panics after `LINE_TIMEOUT` or at the end of output.
+    fn next(&mut self) -> String {
+        match self.rx.recv_timeout(LINE_TIMEOUT) {
+            Ok(line) => {
+                self.seen.push(line.clone());
+                line
+            }
+            Err(e) => panic!(
+                "no line within {LINE_TIMEOUT:?} ({e}); so far:\n{}",
+                self.seen.join("\n")
+            ),
+        }
+    }
+
+    /// The next line, parsed as JSON.
+    fn json(&mut self) -> serde_json::Value {
+        let line = self.next();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+    }
+
+    /// Lines up to the end of output (the child exited).
+    fn rest(mut self) -> String {
+        while let Ok(line) = self.rx.recv_timeout(LINE_TIMEOUT) {
+            self.seen.push(line);
+        }
+        self.seen.join("\n")
+    }
+}
+
+/// `herald` set up by `edit`, on 127.0.0.1:0, once it logged `herald
+/// listening`: the port comes from that line, so no free port is picked
+/// ahead and lost to another process. Its log (stderr).
+fn herald_listening(edit: impl FnOnce(&mut Command)) -> (Serving, u16, Lines) {
     let mut cmd = herald();
-    cmd.env("HERALD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+    cmd.env("HERALD_SERVER__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .stderr(Stdio::piped());
     edit(&mut cmd);
     let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("herald exited with {status} at start");
+    let mut log = Lines::new(child.stderr.take().unwrap());
+    let serving = Serving(Some(child));
+    loop {
+        let line = log.next();
+        if let Some((_, rest)) = line
+            .split_once("herald listening")
+            .and_then(|(_, rest)| rest.split_once("127.0.0.1:"))
+        {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            return (serving, digits.parse().unwrap(), log);
         }
-        assert!(Instant::now() < deadline, "herald did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
     }
-    (Serving(Some(child)), port)
 }
 
 /// `herald tail` of the herald on `port`, its stdout piped.
@@ -416,33 +485,34 @@ fn metrics(port: u16) -> String {
 /// `herald` with no arguments serves; SIGTERM shuts it down cleanly.
 #[test]
 fn serve_starts_on_defaults_and_stops_on_sigterm() {
-    let (serving, _) = spawn_serve(Stdio::piped());
-    let child = serving.into_child();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "exit status {:?}", out.status);
-    let log = String::from_utf8_lossy(&out.stderr);
+    let (serving, _, log) = spawn_serve();
+    let status = serving.stop();
+    let log = log.rest();
+    assert!(status.success(), "exit status {status:?}:\n{log}");
     assert!(log.contains("authentication is OFF"), "{log}");
     assert!(log.contains("shutdown complete"), "{log}");
+}
+
+/// `herald tail` of the herald on `port` with `args`, its stdout read line
+/// by line (and its stderr, when `stderr`).
+fn spawn_tail(port: u16, args: &[&str], stderr: bool) -> (Serving, Lines, Option<Lines>) {
+    let mut tail = tail_of(port)
+        .args(args)
+        .stderr(if stderr { Stdio::piped() } else { Stdio::null() })
+        .spawn()
+        .unwrap();
+    let out = Lines::new(tail.stdout.take().unwrap());
+    let err = tail.stderr.take().map(Lines::new);
+    (Serving(Some(tail)), out, err)
 }
 
 /// The README tour: `herald`, `herald tail --channel user:42`, and a curl
 /// POST; the notification reaches the tail.
 #[test]
 fn readme_tour_with_tail_and_curl() {
-    use std::io::{BufRead, BufReader};
-    let (server, port) = spawn_serve(Stdio::null());
-    let mut tail = tail_of(port)
-        .args(["--channel", "user:42", "-n", "1"])
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(tail.stdout.take().unwrap()).lines();
-    let subscribed: serde_json::Value =
-        serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let (server, port, _log) = spawn_serve();
+    let (mut tail, mut lines, _) = spawn_tail(port, &["--channel", "user:42", "-n", "1"], false);
+    let subscribed = lines.json();
     assert_eq!(subscribed["type"], "subscribed");
     let curl = Command::new("curl")
         .args(["-s", "-X", "POST", &format!("localhost:{port}/events/orders")])
@@ -451,11 +521,11 @@ fn readme_tour_with_tail_and_curl() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&curl.stdout).contains(r#""notifications":1"#));
-    let n: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    let n = lines.json();
     assert_eq!(n["type"], "notification");
     assert_eq!(n["channel"], "user:42");
     assert_eq!(n["title"], "Your order shipped");
-    assert!(tail.wait().unwrap().success());
+    assert!(tail.0.take().unwrap().wait().unwrap().success());
     // `-n 1` closes the WebSocket properly: a normal close, not a
     // protocol error (the session ends just after the tail exits).
     let closed = r#"herald_sessions_closed_total{reason="client_closed"} 1"#;
@@ -475,17 +545,12 @@ fn readme_tour_with_tail_and_curl() {
 /// value.
 #[test]
 fn tail_says_why_the_server_closed() {
-    use std::io::{BufRead, BufReader};
-    let (server, port) = spawn_serve(Stdio::null());
-    let mut tail = tail_of(port).stderr(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(tail.stdout.take().unwrap()).lines();
-    let subscribed = out.next().unwrap().unwrap();
+    let (server, port, _log) = spawn_serve();
+    let (_tail, mut out, err) = spawn_tail(port, &[], true);
+    let subscribed = out.next();
     assert!(subscribed.contains("\"subscribed\""), "{subscribed}");
     server.stop();
-    let mut err = BufReader::new(tail.stderr.take().unwrap()).lines();
-    let line = err.next().unwrap().unwrap();
-    let _ = tail.kill();
-    let _ = tail.wait();
+    let line = err.unwrap().next();
     assert_eq!(
         line,
         "herald tail: the server closed the connection \

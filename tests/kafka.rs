@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::kafka::{self, Kafka, Tansu};
+use common::port::Reserved;
 use common::process::Process;
 use common::{Client, Herald, Next, unique};
 use serde_json::{Value, json};
@@ -76,8 +77,7 @@ fn by_partition(frames: &[Value]) -> BTreeMap<i64, Vec<i64>> {
 async fn events_from_three_partitions_reach_clients_in_partition_order() {
     logs();
     let kafka = Kafka::shared();
-    let topic = unique("orders");
-    kafka.create_topic(&topic, 3).await;
+    let topic = kafka.topic("orders", 3).await;
     let (_dir, rules) = rules_file(&format!(
         r#"
 rules:
@@ -153,7 +153,6 @@ rules:
         TOTAL as f64
     );
     h.stop().await;
-    kafka.delete_topics(&[&topic]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,8 +161,7 @@ async fn a_redelivered_message_appends_nothing_new() {
     // Two sources in two groups read every message twice; the default
     // dedupe key (topic, partition, offset, rule) makes the second a no-op.
     let kafka = Kafka::shared();
-    let topic = unique("twice");
-    kafka.create_topic(&topic, 1).await;
+    let topic = kafka.topic("twice", 1).await;
     let h = Herald::start_with(|c| {
         c.sources = vec![
             kafka::kafka_source(kafka::source(&kafka.brokers, &[&topic], &unique("g1"))),
@@ -196,17 +194,14 @@ async fn a_redelivered_message_appends_nothing_new() {
     client.assert_quiet(Duration::from_millis(500)).await;
     assert_eq!(h.metric("herald_notifications_appended_total").await, 20.0);
     h.stop().await;
-    kafka.delete_topics(&[&topic]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_goes_to_the_dead_letter_topic_and_later_events_flow() {
     logs();
     let kafka = Kafka::shared();
-    let topic = unique("mixed");
-    let dlq = unique("dead");
-    kafka.create_topic(&topic, 1).await;
-    kafka.create_topic(&dlq, 1).await;
+    let topic = kafka.topic("mixed", 1).await;
+    let dlq = kafka.topic("dead", 1).await;
     let (_dir, rules) = rules_file(
         r#"
 rules:
@@ -216,7 +211,7 @@ rules:
 "#,
     );
     let mut source = kafka::source(&kafka.brokers, &[&topic], &unique("g"));
-    source.dead_letter_topic = Some(dlq.clone());
+    source.dead_letter_topic = Some(dlq.to_string());
     source.max_message_bytes = 512;
     let h = Herald::start_with(|c| {
         c.rules.path = Some(rules);
@@ -264,7 +259,10 @@ rules:
             "original headers kept"
         );
         assert_eq!(record.header("herald-reason").as_deref(), Some(reason));
-        assert_eq!(record.header("herald-source-topic"), Some(topic.clone()));
+        assert_eq!(
+            record.header("herald-source-topic"),
+            Some(topic.to_string())
+        );
         assert_eq!(
             record.header("herald-source-partition").as_deref(),
             Some("0")
@@ -292,30 +290,24 @@ rules:
         "{:?}",
         dead[1]
     );
+    // Counted once herald has the producer's acknowledgement, which may
+    // come after the reader above saw the records.
     for (reason, n) in [
         ("invalid_json", 2.0),
         ("too_large", 1.0),
         ("all_rules_failed", 1.0),
     ] {
-        assert_eq!(
-            h.metric(&format!(
-                r#"herald_dead_lettered_total{{source="kafka",reason="{reason}"}}"#
-            ))
-            .await,
-            n,
-            "{reason}"
-        );
+        let series = format!(r#"herald_dead_lettered_total{{source="kafka",reason="{reason}"}}"#);
+        assert_eq!(h.wait_metric(&series, n).await, n, "{reason}");
     }
     h.stop().await;
-    kafka.delete_topics(&[&topic, &dlq]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_dead_letter_topic_poison_is_counted_and_skipped() {
     logs();
     let kafka = Kafka::shared();
-    let topic = unique("skip");
-    kafka.create_topic(&topic, 1).await;
+    let topic = kafka.topic("skip", 1).await;
     let h = Herald::start_with(|c| {
         c.sources = vec![kafka::kafka_source(kafka::source(
             &kafka.brokers,
@@ -337,15 +329,13 @@ async fn without_a_dead_letter_topic_poison_is_counted_and_skipped() {
         1.0
     );
     h.stop().await;
-    kafka.delete_topics(&[&topic]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_stream_then_restart_resumes_from_committed_offsets() {
     logs();
     let kafka = Kafka::shared();
-    let topic = unique("resume");
-    kafka.create_topic(&topic, 3).await;
+    let topic = kafka.topic("resume", 3).await;
     let source = kafka::source(&kafka.brokers, &[&topic], &unique("g"));
     let mut herald = Process::start(&kafka::source_toml(&source));
     let channel = unique("c");
@@ -360,7 +350,7 @@ async fn sigterm_mid_stream_then_restart_resumes_from_committed_offsets() {
     const TOTAL: i64 = 300;
     let producer = {
         let kafka = Kafka::new(&kafka.brokers);
-        let topic = topic.clone();
+        let topic = topic.to_string();
         let channel = channel.clone();
         tokio::spawn(async move {
             for seq in 0..TOTAL {
@@ -377,12 +367,16 @@ async fn sigterm_mid_stream_then_restart_resumes_from_committed_offsets() {
     let mut first = collect(&mut client, 60, Duration::from_secs(30)).await;
     herald.stop();
     // Sessions close only after the sources have stopped, so everything
-    // appended in this run reaches the client before the close frame.
-    while let Some(Next::Frame(f)) = client.next_within(Duration::from_secs(5)).await {
-        if f["type"] == "notification" {
-            first.push(f);
+    // appended in this run reaches the client before the close frame, which
+    // says 1001 (going away). Fails without 1001 on SIGTERM.
+    let code = loop {
+        match client.next().await {
+            Next::Frame(f) if f["type"] == "notification" => first.push(f),
+            Next::Frame(f) => panic!("unexpected frame {f}"),
+            Next::Closed(code, _) => break code,
         }
-    }
+    };
+    assert_eq!(code, Some(1001), "sessions are closed with going away");
     let seen_first: BTreeSet<i64> = first.iter().map(seq).collect();
     assert_eq!(seen_first.len(), first.len(), "no duplicate within a run");
     assert!(
@@ -417,14 +411,15 @@ async fn sigterm_mid_stream_then_restart_resumes_from_committed_offsets() {
         herald.log()
     );
     herald.stop();
-    kafka.delete_topics(&[&topic]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_down_at_start_then_up_makes_the_source_ready() {
     logs();
-    let port = kafka::free_port();
-    let brokers = format!("127.0.0.1:{port}");
+    // Held for the broker started below: nothing else takes the port
+    // meanwhile, and nothing answers on it until then.
+    let port = Reserved::new();
+    let brokers = port.addr();
     let topic = unique("late");
     let mut source = kafka::source(&brokers, &[&topic], &unique("g"));
     // The topic may be created just after herald first asks for it.
@@ -458,8 +453,7 @@ async fn a_broker_outage_longer_than_the_session_timeout_loses_nothing() {
     logs();
     let tansu = Tansu::start();
     let kafka = Kafka::new(&tansu.brokers());
-    let topic = unique("outage");
-    kafka.create_topic(&topic, 3).await;
+    let topic = kafka.topic("outage", 3).await;
     let h = Herald::start_with(|c| {
         c.sources = vec![kafka::kafka_source(kafka::source(
             &kafka.brokers,
@@ -476,7 +470,7 @@ async fn a_broker_outage_longer_than_the_session_timeout_loses_nothing() {
     let stop = tokio_util::sync::CancellationToken::new();
     let producer = {
         let stop = stop.clone();
-        let topic = topic.clone();
+        let topic = topic.to_string();
         let channel = channel.clone();
         tokio::spawn(async move {
             let mut acks = Vec::new();
@@ -498,10 +492,12 @@ async fn a_broker_outage_longer_than_the_session_timeout_loses_nothing() {
     let mut frames = collect(&mut client, 20, Duration::from_secs(30)).await;
     h.wait_ready(200, Duration::from_secs(10)).await.unwrap();
 
+    // Frozen until herald says so (however long a loaded machine takes),
+    // and for longer than the session timeout (6 s) in any case.
     tansu.freeze();
     let frozen = tokio::time::Instant::now();
-    let not_ready = h.wait_ready(503, Duration::from_secs(11)).await;
-    tokio::time::sleep_until(frozen + Duration::from_secs(12)).await;
+    let not_ready = h.wait_ready(503, Duration::from_secs(60)).await;
+    tokio::time::sleep_until(frozen + Duration::from_secs(8)).await;
     tansu.thaw();
     not_ready.expect("/readyz turns 503 while the broker is frozen");
 
@@ -530,11 +526,10 @@ fn refused_start(toml: &str) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("herald.toml");
     std::fs::write(&config, toml).unwrap();
-    let port = kafka::free_port();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
         .args(["serve", "--config"])
         .arg(&config)
-        .env("HERALD_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("HERALD_SERVER__LISTEN", "127.0.0.1:0")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

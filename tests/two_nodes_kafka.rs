@@ -18,7 +18,7 @@ use common::crash::{Run, Scenario};
 use common::kafka::{self, Kafka};
 use common::process::Process;
 use common::producers::KafkaProducer;
-use common::redis_server::{self, SHARED_URL};
+use common::redis_server::{Prefix, SHARED_URL};
 use common::unique;
 
 const PARTITIONS: i32 = 3;
@@ -74,15 +74,14 @@ fn split(seen: &[BTreeSet<i32>]) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_stream_hands_its_partitions_over_without_loss_or_duplicate() {
     let kafka = Kafka::shared();
-    let topic = unique("two-nodes");
-    kafka.create_topic(&topic, PARTITIONS).await;
+    let topic = kafka.topic("two-nodes", PARTITIONS).await;
     let mut source = kafka::source(&kafka.brokers, &[&topic], &unique("g"));
     // Commits every second rather than every 5 s: each run commits before
     // it is killed, and what comes back is about the last second's tail.
     source
         .properties
         .insert("auto.commit.interval.ms".into(), "1000".into());
-    let prefix = redis_server::prefix();
+    let prefix = Prefix::shared();
     let config = format!(
         "[store]\nkind = \"redis\"\nurl = \"{SHARED_URL}\"\nkey_prefix = \"{prefix}\"\n[delivery]\nqueue_capacity = 4096\n{}",
         kafka::source_toml(&source)
@@ -146,6 +145,4 @@ async fn a_node_killed_mid_stream_hands_its_partitions_over_without_loss_or_dupl
     );
     a.stop();
     b.stop();
-    kafka.delete_topics(&[&topic]).await;
-    redis_server::cleanup(SHARED_URL, &prefix).await;
 }

@@ -6,7 +6,7 @@
 // Prints one line per test and a closing "browser: N passed, N failed" line;
 // exits 1 if any test failed, 2 on a usage or launch error.
 import assert from 'node:assert/strict';
-import { pollNode, postEvent, randomTag, runTests, sleep, waitFor } from './lib.mjs';
+import { pollNode, postEvent, randomTag, runTests, waitFor } from './lib.mjs';
 
 const HERALD_URL = (process.env.HERALD_URL || '').replace(/\/+$/, '');
 if (!/^https?:\/\/[^/]+$/.test(HERALD_URL)) {
@@ -127,7 +127,13 @@ test('demo page posts, shows, and replays after a drop', async ({ page, sockets,
     const texts = [...document.querySelectorAll('#notifications > li')].map((li) => li.textContent);
     return bs.every((b) => texts.some((t) => t.includes(b)));
   }, bodies);
-  await sleep(500); // let any duplicate delivery show up before counting
+  // One more, live: frames arrive in order, so once it is listed anything
+  // herald sent before it (a duplicate of the replay) has been handled too.
+  const marker = `live after reconnect ${tag}`;
+  const res = await postEvent(HERALD_URL, 'demo', { title: 'Live', body: marker });
+  assert.equal(res.status, 202, `POST /events/demo answered ${res.status}: ${res.text}`);
+  await waitFor(page, 'the live event after the reconnect to be listed', (m) =>
+    [...document.querySelectorAll('#notifications > li')].some((li) => li.textContent.includes(m)), marker);
 
   const items = await readItems(page);
   const ids = items.map((it) => it.id);
@@ -141,7 +147,8 @@ test('demo page posts, shows, and replays after a drop', async ({ page, sockets,
   const iForm = index('From the form');
   const [i1, i2] = bodies.map(index);
   assert.ok(items[i1].text.includes('After drop 1') && items[i2].text.includes('After drop 2'), 'titles missing');
-  assert.ok(iForm < i1 && i1 < i2, `out of order: form@${iForm}, drop1@${i1}, drop2@${i2}`);
+  const iLive = index(marker);
+  assert.ok(iForm < i1 && i1 < i2 && i2 < iLive, `out of order: form@${iForm}, drop1@${i1}, drop2@${i2}, live@${iLive}`);
   assert.ok(await page.evaluate(statusIsConnected), '#status does not say connected at the end');
 });
 

@@ -1,12 +1,17 @@
 //! Kafka helpers: the broker at `KAFKA_BOOTSTRAP` (scripts/test.sh ensures
-//! one), topics, a producer, a reader for dead letters, and a private Tansu
-//! broker that a test may freeze (SIGSTOP) to simulate an outage.
+//! one), topics that delete themselves ([`Topic`]), a producer, a reader
+//! for dead letters and committed offsets, and a private Tansu broker that
+//! a test may freeze (SIGSTOP) to simulate an outage.
 //!
 //! Tansu quirks the helpers respect: topics are created before a consumer
-//! subscribes; a topic is never deleted while a consumer reads it (that
-//! crashes librdkafka), so tests delete theirs after herald stopped; test
-//! producers send one message per batch (Tansu's end offset is wrong for
-//! batches).
+//! subscribes; a topic is never deleted while a consumer reads it (with
+//! Tansu that crashes librdkafka, and the whole test binary with it: a
+//! [`Topic`] is declared before the herald that reads it, so herald is
+//! dropped, and stopped, first); test producers send one message per batch
+//! (Tansu's end offset is wrong for batches). Nothing here depends on
+//! Tansu otherwise: with `KAFKA_BOOTSTRAP` at an Apache Kafka broker every
+//! test but the outage ones (which start their own Tansu) runs against
+//! it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,6 +28,8 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
+
+use super::port::Reserved;
 
 /// The shared test broker.
 pub fn bootstrap() -> String {
@@ -137,12 +144,54 @@ impl Kafka {
         }
     }
 
+    /// A fresh topic named after `prefix` with `partitions` partitions,
+    /// deleted when the returned guard is dropped.
+    pub async fn topic(&self, prefix: &str, partitions: i32) -> Topic {
+        let name = super::unique(prefix);
+        self.create_topic(&name, partitions).await;
+        Topic {
+            name,
+            brokers: self.brokers.clone(),
+        }
+    }
+
     /// Delete topics; call only once no consumer reads them.
     pub async fn delete_topics(&self, topics: &[&str]) {
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         if let Err(e) = self.admin.delete_topics(topics, &options).await {
             eprintln!("delete topics {topics:?}: {e}");
         }
+    }
+
+    /// The offsets `group` committed for partitions `0..partitions` of
+    /// `topic` (`None`: nothing committed).
+    pub async fn committed(&self, group: &str, topic: &str, partitions: i32) -> Vec<Option<i64>> {
+        let (brokers, group, topic) = (self.brokers.clone(), group.to_string(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .create()
+                .expect("offsets reader");
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..partitions {
+                tpl.add_partition(&topic, p);
+            }
+            let committed = consumer
+                .committed_offsets(tpl, Duration::from_secs(10))
+                .expect("committed offsets");
+            (0..partitions)
+                .map(
+                    |p| match committed.find_partition(&topic, p).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => Some(o),
+                        _ => None,
+                    },
+                )
+                .collect()
+        })
+        .await
+        .unwrap()
     }
 
     /// Produce one message to `partition`; the future resolves with its
@@ -219,6 +268,50 @@ impl Kafka {
     }
 }
 
+/// A topic of the test's own, deleted (in a thread of its own, bounded)
+/// when dropped, also when the test fails. Declare it before the herald
+/// that reads it; see the module docs.
+#[derive(Debug)]
+pub struct Topic {
+    pub name: String,
+    brokers: String,
+}
+
+impl std::ops::Deref for Topic {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Display for Topic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl Drop for Topic {
+    fn drop(&mut self) {
+        let (brokers, name) = (self.brokers.clone(), self.name.clone());
+        super::clean_up_detached(&self.name, move || async move {
+            let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+                .set("bootstrap.servers", &brokers)
+                .create()
+                .expect("admin client");
+            let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+            match admin.delete_topics(&[&name], &options).await {
+                Ok(results) => {
+                    for (topic, e) in results.into_iter().filter_map(Result::err) {
+                        eprintln!("topic {topic} not deleted: {e}");
+                    }
+                }
+                Err(e) => eprintln!("topic {name} not deleted: {e}"),
+            }
+        });
+    }
+}
+
 /// A consumed message, owned.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -256,12 +349,6 @@ impl Record {
     }
 }
 
-/// A free port on 127.0.0.1 (nothing listens on it afterwards).
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
 /// The Tansu binary: `TANSU_BIN` (exported by scripts/kafka.sh), else where
 /// scripts/kafka.sh installs it.
 fn tansu_bin() -> PathBuf {
@@ -282,16 +369,19 @@ fn tansu_bin() -> PathBuf {
 pub struct Tansu {
     child: Child,
     pub port: u16,
+    _reserved: Reserved,
     _dir: tempfile::TempDir,
 }
 
 impl Tansu {
     pub fn start() -> Self {
-        Self::start_on(free_port())
+        Self::start_on(Reserved::new())
     }
 
-    /// Start on `port` and wait until it accepts connections.
-    pub fn start_on(port: u16) -> Self {
+    /// Start on the `reserved` port (a test may give herald the address
+    /// before the broker runs) and wait until it accepts connections.
+    pub fn start_on(reserved: Reserved) -> Self {
+        let port = reserved.port;
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("tansu.log")).unwrap();
         let url = format!("tcp://127.0.0.1:{port}");
@@ -312,6 +402,7 @@ impl Tansu {
         let tansu = Self {
             child,
             port,
+            _reserved: reserved,
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(20);

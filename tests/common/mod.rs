@@ -1,16 +1,24 @@
 //! Shared helpers for integration tests: an in-process herald on
 //! 127.0.0.1:0, an HTTP client for ingest, and a WebSocket client that reads
 //! JSON frames with timeouts (a test never hangs on a missing frame).
+//!
+//! What a test creates at a broker or store (topics, queues, exchanges, key
+//! prefixes) is held by a guard that deletes it on drop, also when the test
+//! fails; declare the guard before the herald that uses it, so herald is
+//! dropped (and, in process, shut down) first.
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
 pub mod amqp;
 pub mod auth;
 pub mod crash;
 pub mod kafka;
+pub mod port;
 pub mod process;
 pub mod producers;
 pub mod redis_server;
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -24,14 +32,21 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// How long a test waits for one expected frame.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Bound of a wait for a condition (readiness, a metric, a broker state).
+pub const WAIT: Duration = Duration::from_secs(30);
+
 /// A random name for topics, channels, queues: tests never collide.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{:012x}", fastrand::u64(..) & 0xffff_ffff_ffff)
 }
 
-/// A herald running inside the test process.
+/// A herald running inside the test process. Dropped without [`Herald::stop`]
+/// (a test that failed), it shuts down before the drop returns when the
+/// runtime allows blocking (multi-thread), so its sources let go of topics
+/// and queues before their guards delete them.
 pub struct Herald {
-    pub running: Running,
+    running: Option<Running>,
+    addr: SocketAddr,
     pub base: String,
     http: reqwest::Client,
 }
@@ -49,16 +64,22 @@ impl Herald {
         config.server.shutdown_timeout_ms = 3000;
         edit(&mut config);
         let running = herald::app::start(config).await.expect("herald starts");
-        let base = format!("http://{}", running.local_addr());
+        let addr = running.local_addr();
         Self {
-            running,
-            base,
+            running: Some(running),
+            addr,
+            base: format!("http://{addr}"),
             http: reqwest::Client::new(),
         }
     }
 
+    /// The address herald listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub fn ws_url(&self, query: &str) -> String {
-        let addr = self.running.local_addr();
+        let addr = self.addr;
         if query.is_empty() {
             format!("ws://{addr}/notifications")
         } else {
@@ -134,23 +155,89 @@ impl Herald {
         }
     }
 
-    /// The value of one metric line (`name{labels}`), 0 when absent.
-    pub async fn metric(&self, series: &str) -> f64 {
-        let (_, text) = self.get("/metrics").await;
-        metric_value(&text, series)
+    /// The `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        self.get("/metrics").await.1
     }
 
-    pub async fn stop(self) {
-        self.running.shutdown().await;
+    /// The value of one metric line (`name{labels}`), 0 when absent.
+    pub async fn metric(&self, series: &str) -> f64 {
+        metric_value(&self.metrics().await, series)
+    }
+
+    /// Poll `series` until it is at least `at_least` (counters move just
+    /// after the work they count, which a test may see first) or [`WAIT`]
+    /// passes; its last value.
+    pub async fn wait_metric(&self, series: &str, at_least: f64) -> f64 {
+        wait_metric(|| self.metrics(), series, at_least).await
+    }
+
+    /// Shut down in order and wait for it.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await;
+        }
+    }
+}
+
+impl Drop for Herald {
+    fn drop(&mut self) {
+        let Some(running) = self.running.take() else {
+            return;
+        };
+        running.stopper().cancel();
+        // A current-thread runtime cannot block here; its herald stops with
+        // the runtime (no Kafka test runs on one).
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
+                tokio::task::block_in_place(|| handle.block_on(running.wait()));
+            }
+        }
     }
 }
 
 /// The value of one metric line (`name{labels}`) in a `/metrics` text, 0
 /// when absent.
 pub fn metric_value(text: &str, series: &str) -> f64 {
+    metric_present(text, series).unwrap_or(0.0)
+}
+
+/// The value of one metric line (`name{labels}`), `None` when absent.
+pub fn metric_present(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+}
+
+/// The values of every series of metric `name`, by their label text
+/// (`{reason="too_slow"}`); for checks that no other label moved.
+pub fn metric_family(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            if !(labels.is_empty() || labels.starts_with('{')) {
+                return None; // another metric whose name starts with `name`
+            }
+            Some((labels.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Poll the metrics text `read` returns until `series` is at least
+/// `at_least` or [`WAIT`] passes; its last value.
+pub async fn wait_metric<F, Fut>(read: F, series: &str, at_least: f64) -> f64
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = String>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let value = metric_value(&read().await, series);
+        if value >= at_least || tokio::time::Instant::now() >= deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// A WebSocket client reading one JSON object per text frame.
@@ -274,13 +361,41 @@ impl Client {
             .expect("send");
     }
 
-    /// No frame arrives within `wait`.
+    /// No frame arrives within `wait`, and the connection stays open: a
+    /// close or a socket error is not quiet.
     pub async fn assert_quiet(&mut self, wait: Duration) {
-        if let Ok(Some(Ok(msg))) = tokio::time::timeout(wait, self.ws.next()).await {
-            if !matches!(msg, Message::Ping(_) | Message::Pong(_)) {
-                panic!("expected no frame, got {msg:?}");
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(deadline, self.ws.next()).await {
+                Err(_) => return,
+                Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => {}
+                Ok(Some(Ok(msg))) => panic!("expected no frame, got {msg:?}"),
+                Ok(Some(Err(e))) => panic!("expected an open, quiet connection: {e}"),
+                Ok(None) => panic!("expected an open, quiet connection: it ended"),
             }
         }
+    }
+}
+
+/// Run `cleanup` to its end (bounded by [`WAIT`]) on a runtime of its own,
+/// in a thread of its own: guards call it from `drop`, which may run while
+/// a test's runtime unwinds and cannot be blocked on.
+pub fn clean_up_detached<F, Fut>(what: &str, cleanup: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()>,
+{
+    let joined = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async { tokio::time::timeout(WAIT, cleanup()).await })
+            .is_ok()
+    })
+    .join();
+    if !matches!(joined, Ok(true)) {
+        eprintln!("cleanup of {what} did not finish");
     }
 }
 

@@ -1,9 +1,16 @@
 //! herald as a separate process, for tests that stop it (SIGTERM) or kill
 //! it (SIGKILL) mid-stream and start it again on the same configuration.
+//! Its port is [`Reserved`] for the whole test, so a restart gets the same
+//! address back; it counts as started once it logged `herald listening`.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::port::Reserved;
+
+/// The line herald logs once it accepts connections.
+const LISTENING: &str = "herald listening";
 
 /// A herald child process with its own config file and port.
 pub struct Process {
@@ -13,12 +20,8 @@ pub struct Process {
     pub port: u16,
     pub config: PathBuf,
     log: PathBuf,
+    _reserved: Reserved,
     _dir: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 impl Process {
@@ -35,12 +38,14 @@ impl Process {
         let config = dir.path().join("herald.toml");
         std::fs::write(&config, make(dir.path())).unwrap();
         let log = dir.path().join("herald.log");
+        let reserved = Reserved::new();
         let mut p = Self {
             child: None,
             file_size_limit_kib: None,
-            port: free_port(),
+            port: reserved.port,
             config,
             log,
+            _reserved: reserved,
             _dir: dir,
         };
         p.spawn();
@@ -53,6 +58,7 @@ impl Process {
     }
 
     fn spawn(&mut self) {
+        let started_before = self.log().matches(LISTENING).count();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -82,7 +88,7 @@ impl Process {
             .unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while self.log().matches(LISTENING).count() == started_before {
             if let Some(status) = self
                 .child
                 .as_mut()
@@ -120,6 +126,12 @@ impl Process {
     /// The value of one metric line (`name{labels}`), 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
         super::metric_value(&self.metrics().await, series)
+    }
+
+    /// Poll `series` until it is at least `at_least` or
+    /// [`super::WAIT`] passes; its last value.
+    pub async fn wait_metric(&self, series: &str, at_least: f64) -> f64 {
+        super::wait_metric(|| self.metrics(), series, at_least).await
     }
 
     /// Everything herald logged so far (across restarts).

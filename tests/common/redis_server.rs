@@ -1,10 +1,13 @@
 //! Redis for tests: the machine's shared server (nothing on disk; tests
-//! keep apart by key prefix) and private servers a test starts, kills and
-//! restarts itself.
+//! keep apart by key prefix, a [`Prefix`] deleting its keys on drop) and
+//! private servers a test starts, kills and restarts itself on a
+//! [`Reserved`] port.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use super::port::Reserved;
 
 /// The shared Redis `scripts/test.sh` ensures.
 pub const SHARED_URL: &str = "redis://127.0.0.1:6379";
@@ -12,6 +15,52 @@ pub const SHARED_URL: &str = "redis://127.0.0.1:6379";
 /// A key prefix no other test uses.
 pub fn prefix() -> String {
     format!("{}:", super::unique("herald-test"))
+}
+
+/// A fresh key prefix on the Redis at `url` whose keys are deleted when it
+/// is dropped, also when the test fails. Declare it before the herald that
+/// writes under it.
+#[derive(Debug)]
+pub struct Prefix {
+    pub url: String,
+    pub prefix: String,
+}
+
+impl Prefix {
+    pub fn new(url: &str) -> Self {
+        Self {
+            url: url.to_string(),
+            prefix: prefix(),
+        }
+    }
+
+    /// On the shared Redis.
+    pub fn shared() -> Self {
+        Self::new(SHARED_URL)
+    }
+}
+
+impl std::ops::Deref for Prefix {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.prefix
+    }
+}
+
+impl std::fmt::Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.prefix)
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        let (url, prefix) = (self.url.clone(), self.prefix.clone());
+        super::clean_up_detached(&self.prefix, move || async move {
+            cleanup(&url, &prefix).await;
+        });
+    }
 }
 
 /// Delete every key under `prefix` (tests clean up what they create).
@@ -22,7 +71,7 @@ pub async fn cleanup(url: &str, prefix: &str) {
     };
     let mut cursor = 0u64;
     loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+        let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
             .arg(format!("{prefix}*"))
@@ -30,13 +79,12 @@ pub async fn cleanup(url: &str, prefix: &str) {
             .arg(1000)
             .query_async(&mut conn)
             .await
-            .unwrap();
+        else {
+            return;
+        };
         if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(&keys)
-                .query_async(&mut conn)
-                .await
-                .unwrap();
+            let _: redis::RedisResult<()> =
+                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
         }
         if next == 0 {
             return;
@@ -49,6 +97,7 @@ pub async fn cleanup(url: &str, prefix: &str) {
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    _reserved: Reserved,
     dir: tempfile::TempDir,
     persistent: bool,
     /// More `redis-server` arguments.
@@ -66,12 +115,11 @@ impl RedisServer {
     /// [`Self::start`] with more `redis-server` arguments
     /// (`--rename-command CONFIG ...`).
     pub fn start_with(persistent: bool, extra: &[&str]) -> Self {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        drop(l);
+        let reserved = Reserved::new();
         let mut s = Self {
             child: None,
-            port,
+            port: reserved.port,
+            _reserved: reserved,
             dir: tempfile::tempdir().unwrap(),
             persistent,
             extra: extra.iter().map(|s| s.to_string()).collect(),
