@@ -678,3 +678,172 @@ async fn a_normal_close_and_a_dropped_connection_are_not_protocol_errors() {
     );
     h.stop().await;
 }
+
+/// A resume whose backlog is many times `delivery.replay_page` is read
+/// page after page up to the head: with nothing appended meanwhile it
+/// ends at the head (`replayed` = the backlog); with notifications appended
+/// while it runs, the replay, `subscribed` and the live stream join without
+/// a gap or a duplicate. The counters follow: `herald_replayed_total`,
+/// `herald_subscriptions_total{recovered}`. Fails if the replay stops
+/// after its first page (the quiet case: no live notification fills the
+/// hole), or if a notification both replayed and queued is sent twice
+/// (both tried).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_of_many_pages_joins_the_live_stream_exactly() {
+    const PAGE: usize = 7;
+    const BACKLOG: usize = 1000;
+    let h = Herald::start_with(|c| c.delivery.replay_page = PAGE).await;
+    let channel = unique("pages");
+    let (_, subscribed) = h.subscribe(&format!("channel={channel}")).await;
+    let epoch = common::epoch_of(subscribed["position"].as_str().unwrap());
+    publish_batches(&h, &channel, 0, BACKLOG).await;
+
+    // Quiet: the whole backlog after offset 3, then `subscribed` at the head.
+    let mut quiet = h
+        .connect(&format!("channel={channel}&last_id={epoch}-3"))
+        .await;
+    let replayed = quiet.notifications(BACKLOG - 3).await;
+    assert_eq!(offsets(&replayed), (4..=BACKLOG as u64).collect::<Vec<_>>());
+    let done = quiet.next_of_type("subscribed").await;
+    assert_eq!(done["replayed"], BACKLOG - 3, "{done}");
+    assert_eq!(done["recovered"], true);
+    assert_eq!(done["position"], format!("{epoch}-{BACKLOG}"));
+    quiet.assert_quiet(Duration::from_millis(200)).await;
+    quiet.ws.close(None).await.unwrap();
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while h.metric("herald_sessions").await > 0.0 {
+        assert!(tokio::time::Instant::now() < deadline, "sessions left open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Live traffic during the replay, for certain: a client that reads
+    // nothing yet (a small socket buffer, a backlog of about 1 MB) holds
+    // the replay on its socket, while notifications are appended and
+    // queued for it (herald_fanout_queued_total; the only session). The
+    // replay, chasing the head, reads some of those from the log too.
+    let mut busy = small_buffer_client(&h, &format!("channel={channel}&last_id={epoch}-1")).await;
+    let mut end = BACKLOG;
+    while h.metric("herald_fanout_queued_total").await < 1.0 {
+        assert!(
+            end < 2 * BACKLOG,
+            "nothing was queued for the resuming client"
+        );
+        publish_batches(&h, &channel, end, end + 1).await;
+        end += 1;
+    }
+    publish_batches(&h, &channel, end, end + 100).await;
+    end += 100;
+    let mut last = 1;
+    let mut resumed = None;
+    while last < end as u64 || resumed.is_none() {
+        let frame = busy.frame().await;
+        match frame["type"].as_str() {
+            Some("notification") => {
+                let offset = frame["offset"].as_u64().unwrap();
+                assert_eq!(offset, last + 1, "gap or duplicate at the seam");
+                last = offset;
+            }
+            Some("subscribed") => {
+                assert!(resumed.is_none(), "one subscribed: {frame}");
+                assert_eq!(frame["recovered"], true, "{frame}");
+                assert_eq!(frame["position"], format!("{epoch}-{last}"));
+                resumed = Some(frame["replayed"].as_u64().unwrap());
+            }
+            _ => panic!("unexpected frame {frame}"),
+        }
+    }
+    let busy_replayed = resumed.expect("subscribed after the replay");
+    assert!(busy_replayed >= BACKLOG as u64 - 1, "{busy_replayed}");
+    busy.assert_quiet(Duration::from_millis(200)).await;
+
+    let metrics = h.metrics().await;
+    let replayed_total = common::metric_value(&metrics, "herald_replayed_total");
+    assert_eq!(
+        replayed_total,
+        (BACKLOG - 3) as f64 + busy_replayed as f64,
+        "{metrics}"
+    );
+    let recovered = r#"herald_subscriptions_total{recovered="true"}"#;
+    assert_eq!(common::metric_value(&metrics, recovered), 3.0, "{metrics}");
+    h.stop().await;
+}
+
+/// A client whose socket receive buffer is small: it holds little that it
+/// has not read yet, so herald's writes wait for it.
+async fn small_buffer_client(h: &Herald, query: &str) -> common::Client {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(h.local_addr()).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(
+        h.ws_url(query),
+        tokio_tungstenite::MaybeTlsStream::Plain(stream),
+    )
+    .await
+    .unwrap();
+    common::Client { ws }
+}
+
+/// Events `from..to` of `channel` with a body of 1 KB, fifty per request.
+async fn publish_batches(h: &Herald, channel: &str, from: usize, to: usize) {
+    let body = "b".repeat(1000);
+    let mut n = from;
+    while n < to {
+        let end = (n + 50).min(to);
+        let events: Vec<Value> = (n..end)
+            .map(|i| json!({"channel": channel, "title": format!("n{i}"), "body": body}))
+            .collect();
+        h.publish("t", &Value::Array(events)).await;
+        n = end;
+    }
+}
+
+/// A resume that cannot be answered from the history (another epoch) is
+/// counted with `recovered="false"`, apart from the recovered ones.
+#[tokio::test]
+async fn subscriptions_are_counted_by_whether_they_recovered() {
+    let h = Herald::start().await;
+    let channel = unique("c");
+    let (_, fresh) = h.subscribe(&format!("channel={channel}")).await;
+    assert_eq!(fresh["recovered"], true);
+    let (_, other) = h
+        .subscribe(&format!("channel={channel}&last_id=0123456789abcdef-1"))
+        .await;
+    assert_eq!(other["recovered"], false);
+    let metrics = h.metrics().await;
+    let mut counted = common::metric_family(&metrics, "herald_subscriptions_total");
+    counted.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        counted,
+        [
+            (r#"{recovered="false"}"#.to_string(), 1.0),
+            (r#"{recovered="true"}"#.to_string(), 1.0)
+        ],
+        "{metrics}"
+    );
+    h.stop().await;
+}
+
+/// A connection that does not finish its request head within
+/// `server.handshake_timeout_ms` is closed; one that does is served.
+/// Fails if the setting is not applied (hyper's own default is 30 s, the
+/// wait here 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_head_not_finished_in_time_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Herald::start_with(|c| c.server.handshake_timeout_ms = 300).await;
+    let mut slow = tokio::net::TcpStream::connect(h.local_addr())
+        .await
+        .unwrap();
+    slow.write_all(b"GET /notifications HTTP/1.1\r\nHost: herald\r\n")
+        .await
+        .unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the connection is still open after 10 s");
+    let rest = String::from_utf8_lossy(&rest);
+    assert!(!rest.contains("101 Switching"), "{rest}");
+    // Herald still serves a client that sends its head at once.
+    let (_, subscribed) = h.subscribe("").await;
+    assert_eq!(subscribed["type"], "subscribed");
+    h.stop().await;
+}

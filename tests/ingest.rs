@@ -333,3 +333,35 @@ async fn health_readiness_and_metrics() {
     assert!(page.contains("/notifications"));
     h.stop().await;
 }
+
+/// An event no rule matches is not an error, but it is counted (and the
+/// request still answers 202 with nothing appended).
+#[tokio::test]
+async fn an_event_no_rule_matches_is_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("rules.yaml");
+    std::fs::write(
+        &rules,
+        "rules:\n  - id: orders-only\n    match: { topic: orders }\n    emit: { channel: \"{{ event.to }}\", title: t }\n",
+    )
+    .unwrap();
+    let h = Herald::start_with(|c| c.rules.path = Some(rules.clone())).await;
+    let answer = h
+        .publish("billing", &json!([{"to": "a"}, {"to": "b"}]))
+        .await;
+    assert_eq!(
+        answer,
+        json!({"events": 2, "notifications": 0, "duplicates": 0, "failed_rules": 0})
+    );
+    h.publish("orders", &json!({"to": unique("u")})).await;
+    let metrics = h.metrics().await;
+    assert_eq!(
+        common::metric_value(
+            &metrics,
+            r#"herald_events_rejected_total{source="http",reason="no_rule_matched"}"#
+        ),
+        2.0,
+        "{metrics}"
+    );
+    h.stop().await;
+}

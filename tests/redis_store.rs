@@ -589,3 +589,63 @@ async fn retention_by_age_in_redis() {
     assert_eq!(h.wait_metric("herald_store_trimmed_total", 3.0).await, 3.0);
     h.stop().await;
 }
+
+/// A live notification with a hole before it (the live feed missed one)
+/// is filled from the log; when the log cannot be read either, the session
+/// is closed with 1011 so the client resumes later with its last id,
+/// rather than skipping the hole. Both faults are made in a Redis of the
+/// test's own: with the feed's XREAD denied (ACL) and its connections
+/// dropped, a notification is appended and its feed entry removed; then
+/// XREAD is allowed again and XRANGE (what reads use) denied, and the next
+/// notification arrives with the hole. Fails if herald skips the hole, or
+/// closes with another code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hole_the_log_cannot_fill_closes_the_session_with_1011() {
+    let redis = RedisServer::start(false);
+    let prefix = redis_server::prefix();
+    let h = node(&redis.url(), &prefix, |_| {}).await;
+    let channel = unique("user");
+    let (mut client, _) = h.subscribe(&format!("channel={channel}")).await;
+    h.publish("t", &event(&channel, 0)).await;
+    assert_eq!(client.next_of_type("notification").await["offset"], 1);
+
+    let admin = redis::Client::open(redis.url()).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    let acl = |rule: &'static str| {
+        redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg("default")
+            .arg(rule)
+            .clone()
+    };
+    let _: () = acl("-xread").query_async(&mut admin).await.unwrap();
+    let _: i64 = redis::cmd("CLIENT")
+        .arg(&["KILL", "TYPE", "normal", "SKIPME", "yes"][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // Appended (the command connection comes back by itself), never read
+    // by the feed: its entry is gone before the feed may read again.
+    publish_retrying(&h, &channel, 1).await;
+    let _: i64 = redis::cmd("XTRIM")
+        .arg(format!("{prefix}notify"))
+        .arg(&["MAXLEN", "0"][..])
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let _: () = acl("+xread").query_async(&mut admin).await.unwrap();
+    let _: () = acl("-xrange").query_async(&mut admin).await.unwrap();
+    h.publish("t", &event(&channel, 2)).await;
+
+    assert_eq!(client.close_code().await, Some(1011));
+    assert_eq!(
+        h.wait_metric(
+            r#"herald_sessions_closed_total{reason="internal_error"}"#,
+            1.0
+        )
+        .await,
+        1.0
+    );
+    assert!(h.metric(r#"herald_store_errors_total{op="read"}"#).await >= 1.0);
+    h.stop().await;
+}

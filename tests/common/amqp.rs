@@ -9,6 +9,7 @@
 //! rabbitmq rabbitmqctl`).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use herald::source::amqp::{AmqpBinding, AmqpSourceConfig};
@@ -163,13 +164,18 @@ impl Broker {
         self.try_declare(queue, FieldTable::default())
             .await
             .unwrap();
+        self.bind(queue, exchange, key, FieldTable::default()).await;
+    }
+
+    /// Bind `queue` to `exchange` with `key` and `arguments`.
+    pub async fn bind(&self, queue: &str, exchange: &str, key: &str, arguments: FieldTable) {
         let ch = self.conn.create_channel().await.unwrap();
         ch.queue_bind(
             queue.into(),
             exchange.into(),
             key.into(),
             QueueBindOptions::default(),
-            FieldTable::default(),
+            arguments,
         )
         .await
         .unwrap();
@@ -272,6 +278,12 @@ impl Broker {
 
 /// `rabbitmqctl` (or `$RABBITMQCTL`) with `args`; its standard output.
 pub fn rabbitmqctl(args: &[&str]) -> String {
+    let out = try_rabbitmqctl(args).unwrap_or_else(|e| panic!("rabbitmqctl {args:?}: {e}"));
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `rabbitmqctl` with `args`: its standard output, or why it failed.
+fn try_rabbitmqctl(args: &[&str]) -> Result<Vec<u8>, String> {
     let command = std::env::var("RABBITMQCTL").unwrap_or_else(|_| "rabbitmqctl".into());
     let mut parts = command.split_whitespace();
     let program = parts.next().unwrap();
@@ -279,13 +291,11 @@ pub fn rabbitmqctl(args: &[&str]) -> String {
         .args(parts)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("{command} runs: {e}"));
-    assert!(
-        out.status.success(),
-        "{command} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+        .map_err(|e| format!("{command} does not run: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(out.stdout)
 }
 
 /// Close herald's own connection (named `herald:<queue>`) from the broker
@@ -313,6 +323,9 @@ pub fn close_herald_connection(queue: &str) {
 pub struct Relay {
     port: u16,
     hold: watch::Sender<bool>,
+    /// While set, connections are closed as soon as they are accepted: the
+    /// broker is unreachable.
+    down: Arc<AtomicBool>,
     links: Arc<tokio::sync::Mutex<JoinSet<()>>>,
     accept: tokio::task::JoinHandle<()>,
 }
@@ -325,10 +338,15 @@ impl Relay {
         let port = listener.local_addr().unwrap().port();
         let (hold, held) = watch::channel(false);
         let links = Arc::new(tokio::sync::Mutex::new(JoinSet::new()));
+        let broker_down = Arc::new(AtomicBool::new(false));
         let accept = tokio::spawn({
             let links = links.clone();
+            let broker_down = broker_down.clone();
             async move {
                 while let Ok((down, _)) = listener.accept().await {
+                    if broker_down.load(Ordering::SeqCst) {
+                        continue; // dropped: closed at once
+                    }
                     let Ok(up) = TcpStream::connect(&upstream).await else {
                         continue;
                     };
@@ -365,6 +383,7 @@ impl Relay {
         Self {
             port,
             hold,
+            down: broker_down,
             links,
             accept,
         }
@@ -387,6 +406,51 @@ impl Relay {
     pub async fn sever(&self) {
         self.links.lock().await.abort_all();
         self.hold.send_replace(false);
+    }
+
+    /// The broker goes away (every connection dropped, new ones closed at
+    /// once) or comes back.
+    pub async fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.sever().await;
+        }
+    }
+}
+
+/// A RabbitMQ user of the test's own (`rabbitmqctl add_user`), with every
+/// permission on the default vhost; deleted on drop.
+pub struct User {
+    pub name: String,
+}
+
+impl User {
+    pub fn create(password: &str) -> Self {
+        let name = unique("herald-test");
+        rabbitmqctl(&["add_user", &name, password]);
+        let user = Self { name };
+        rabbitmqctl(&["set_permissions", "-p", "/", &user.name, ".*", ".*", ".*"]);
+        user
+    }
+
+    pub fn change_password(&self, password: &str) {
+        rabbitmqctl(&["change_password", &self.name, password]);
+    }
+
+    /// The test broker's URL with this user and `password`.
+    pub fn url(&self, base: &str, password: &str) -> String {
+        let mut url = url::Url::parse(base).unwrap();
+        url.set_username(&self.name).unwrap();
+        url.set_password(Some(password)).unwrap();
+        url.to_string()
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        if let Err(e) = try_rabbitmqctl(&["-q", "delete_user", &self.name]) {
+            eprintln!("user {} not deleted: {e}", self.name);
+        }
     }
 }
 

@@ -173,6 +173,25 @@ impl RedisServer {
         }
     }
 
+    /// SIGSTOP: Redis keeps its connections but answers nothing (commands
+    /// wait, up to herald's 5 s response timeout).
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT.
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &child.id().to_string()])
+                .status();
+        }
+    }
+
     /// SIGKILL: no shutdown, no final save.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -190,6 +209,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        self.thaw();
         self.kill9();
     }
 }
