@@ -498,7 +498,11 @@ fn serve_starts_on_defaults_and_stops_on_sigterm() {
 fn spawn_tail(port: u16, args: &[&str], stderr: bool) -> (Serving, Lines, Option<Lines>) {
     let mut tail = tail_of(port)
         .args(args)
-        .stderr(if stderr { Stdio::piped() } else { Stdio::null() })
+        .stderr(if stderr {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .unwrap();
     let out = Lines::new(tail.stdout.take().unwrap());

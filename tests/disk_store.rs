@@ -187,8 +187,15 @@ async fn retention_by_age_trims_in_the_background() {
     assert_eq!(common::offsets(&replayed), [4]);
 }
 
-#[tokio::test]
-async fn a_disk_that_refuses_writes_gets_503_and_nothing_acknowledged_is_lost() {
+/// A disk that refuses writes (a file-size limit: EFBIG), then is fixed
+/// while herald runs (the limit raised with `prlimit`): herald answers 503
+/// and keeps serving meanwhile, then appends again without a restart (the
+/// writer reopens the database), and live clients get what follows.
+/// Everything acknowledged is in the log, in order, across a kill -9, and
+/// nothing refused. Fails if the store stays failed once the disk is fixed
+/// ("never reopen").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_refuses_writes_gets_503_then_recovers_in_place() {
     let mut herald = Process::start_with(|dir| disk_config(dir, ""));
     let channel = unique("user");
     publish(&herald, &channel, 0).await;
@@ -198,43 +205,78 @@ async fn a_disk_that_refuses_writes_gets_503_and_nothing_acknowledged_is_lost() 
     // Writes that would grow the database past ~2 MiB more fail (EFBIG).
     herald.file_size_limit_kib = Some(size_kib + 2048);
     herald.restart();
+    let (mut live, _, _) = resume(&herald, &channel, None).await;
     let big = "x".repeat(200 * 1024);
-    let mut accepted = 1;
-    let mut refused = 0;
-    for n in 1..200 {
-        let (status, answer) = post(
-            &herald,
-            &json!({"channel": channel, "title": format!("n{n}"), "body": big}),
-        )
-        .await;
-        match status {
-            202 => accepted += 1,
-            503 => {
-                refused += 1;
-                if refused == 3 {
-                    break;
-                }
-            }
-            other => panic!("unexpected {other}: {answer}"),
+    let post_big = |n: usize| {
+        let herald = &herald;
+        let body = json!({"channel": channel, "title": format!("n{n}"), "body": big});
+        async move {
+            let (status, answer) = post(herald, &body).await;
+            assert!(matches!(status, 202 | 503), "unexpected {status}: {answer}");
+            status == 202
         }
+    };
+    let mut acknowledged = vec!["n0".to_string()];
+    let mut refused = 0;
+    let mut n = 1;
+    while refused < 3 {
+        assert!(n < 200, "the file size limit was never reached");
+        if post_big(n).await {
+            acknowledged.push(format!("n{n}"));
+        } else {
+            refused += 1;
+        }
+        n += 1;
     }
-    assert!(refused > 0, "the file size limit was never reached");
     let (status, _) = reqwest::get(format!("{}/healthz", herald.base()))
         .await
         .map(|r| (r.status().as_u16(), ()))
         .unwrap();
     assert_eq!(status, 200, "herald keeps running");
-    let metrics = reqwest::get(format!("{}/metrics", herald.base()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert!(
-        metrics.contains(r#"herald_store_errors_total{op="append"}"#),
-        "{metrics}"
+        herald
+            .metric(r#"herald_store_errors_total{op="append"}"#)
+            .await
+            >= 1.0
     );
     assert!(herald.log().contains("disk store commit failed"));
+
+    // The disk is fixed: appends go through again, in the same process.
+    let lifted = std::process::Command::new("prlimit")
+        .args(["--pid", &herald.pid().to_string(), "--fsize=unlimited"])
+        .status()
+        .unwrap();
+    assert!(lifted.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "appends still refused:\n{}",
+            herald.log()
+        );
+        let ok = post_big(n).await;
+        n += 1;
+        if ok {
+            acknowledged.push(format!("n{}", n - 1));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..3 {
+        assert!(post_big(n).await, "refused after the recovery");
+        acknowledged.push(format!("n{n}"));
+        n += 1;
+    }
+    // The live client saw everything acknowledged, in order.
+    let seen = live.notifications(acknowledged.len() - 1).await;
+    let titles: Vec<&str> = seen.iter().map(|f| f["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, acknowledged[1..]);
+    assert_eq!(
+        common::offsets(&seen),
+        (2..=acknowledged.len() as u64).collect::<Vec<_>>(),
+        "the offsets go on without a hole"
+    );
+
     herald.kill9();
     herald.file_size_limit_kib = None;
     herald.restart();
@@ -244,12 +286,11 @@ async fn a_disk_that_refuses_writes_gets_503_and_nothing_acknowledged_is_lost() 
     let (_, replayed, answer) = resume(&herald, &channel, Some(&format!("{epoch}-0"))).await;
     assert_eq!(answer["recovered"], true);
     // Everything acknowledged is there, in order, and nothing refused.
-    let titles: Vec<String> = replayed
+    let titles: Vec<&str> = replayed
         .iter()
-        .map(|f| f["title"].as_str().unwrap().to_string())
+        .map(|f| f["title"].as_str().unwrap())
         .collect();
-    let expected: Vec<String> = (0..accepted).map(|n| format!("n{n}")).collect();
-    assert_eq!(titles, expected);
+    assert_eq!(titles, acknowledged);
     publish(&herald, &channel, 999).await;
     herald.stop();
 }

@@ -369,13 +369,8 @@ async fn sigterm_mid_stream_then_restart_resumes_from_committed_offsets() {
     // Sessions close only after the sources have stopped, so everything
     // appended in this run reaches the client before the close frame, which
     // says 1001 (going away). Fails without 1001 on SIGTERM.
-    let code = loop {
-        match client.next().await {
-            Next::Frame(f) if f["type"] == "notification" => first.push(f),
-            Next::Frame(f) => panic!("unexpected frame {f}"),
-            Next::Closed(code, _) => break code,
-        }
-    };
+    let (rest, code) = client.notifications_until_close().await;
+    first.extend(rest);
     assert_eq!(code, Some(1001), "sessions are closed with going away");
     let seen_first: BTreeSet<i64> = first.iter().map(seq).collect();
     assert_eq!(seen_first.len(), first.len(), "no duplicate within a run");

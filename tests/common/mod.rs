@@ -338,6 +338,19 @@ impl Client {
         out
     }
 
+    /// The notifications that arrive until the close, and its code; any
+    /// other frame fails.
+    pub async fn notifications_until_close(&mut self) -> (Vec<Value>, Option<u16>) {
+        let mut out = Vec::new();
+        loop {
+            match self.next().await {
+                Next::Frame(f) if f["type"] == "notification" => out.push(f),
+                Next::Frame(f) => panic!("unexpected frame {f}"),
+                Next::Closed(code, _) => return (out, code),
+            }
+        }
+    }
+
     /// Read until closed; the close code.
     pub async fn close_code(&mut self) -> Option<u16> {
         loop {

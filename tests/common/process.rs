@@ -15,7 +15,8 @@ const LISTENING: &str = "herald listening";
 /// A herald child process with its own config file and port.
 pub struct Process {
     child: Option<Child>,
-    /// `ulimit -f` (KiB) for the next start: writes past it fail with EFBIG.
+    /// `ulimit -S -f` (KiB) for the next start: writes past it fail with
+    /// EFBIG (until the limit is raised, see [`Self::pid`]).
     pub file_size_limit_kib: Option<u64>,
     pub port: u16,
     pub config: PathBuf,
@@ -52,6 +53,11 @@ impl Process {
         p
     }
 
+    /// The running process's id (`prlimit --pid` changes its limits).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// A file next to the config (for rules, a disk store, ...).
     pub fn path(&self, name: &str) -> PathBuf {
         self._dir.path().join(name)
@@ -71,7 +77,7 @@ impl Process {
                 let mut c = Command::new("bash");
                 c.args([
                     "-c",
-                    &format!("trap '' XFSZ; ulimit -f {kib}; exec \"$0\" \"$@\""),
+                    &format!("trap '' XFSZ; ulimit -S -f {kib}; exec \"$0\" \"$@\""),
                     env!("CARGO_BIN_EXE_herald"),
                 ]);
                 c
@@ -149,15 +155,39 @@ impl Process {
 
     /// SIGTERM and wait for a clean exit.
     pub fn stop(&mut self) {
+        self.terminate();
+        self.wait_exit();
+    }
+
+    /// SIGTERM, without waiting (see [`Self::wait_exit`]).
+    pub fn terminate(&self) {
         self.signal("-TERM");
-        if let Some(mut child) = self.child.take() {
-            let status = child.wait().unwrap();
-            assert!(
-                status.success(),
-                "herald exited with {status}:\n{}",
-                self.log()
-            );
-        }
+    }
+
+    /// Wait for the exit that a SIGTERM started, within a minute (each
+    /// shutdown step is bounded by `server.shutdown_timeout_ms`); panics
+    /// unless the exit status is 0.
+    pub fn wait_exit(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("herald did not exit within a minute:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            status.success(),
+            "herald exited with {status}:\n{}",
+            self.log()
+        );
     }
 
     /// SIGKILL: no shutdown at all.
