@@ -3,11 +3,17 @@
 //! `serve` with SIGTERM.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use common::process::Process;
+use common::redis_server::{Prefix, SHARED_URL};
+use common::unique;
 
 fn herald() -> Command {
     Command::new(env!("CARGO_BIN_EXE_herald"))
@@ -358,6 +364,11 @@ impl Serving {
     /// SIGTERM, then wait (within `LINE_TIMEOUT`) for the exit.
     fn stop(mut self) -> std::process::ExitStatus {
         self.sigterm();
+        self.exit_status()
+    }
+
+    /// Wait (within `LINE_TIMEOUT`) for the exit.
+    fn exit_status(&mut self) -> std::process::ExitStatus {
         let mut child = self.0.take().unwrap();
         let deadline = Instant::now() + LINE_TIMEOUT;
         loop {
@@ -529,7 +540,7 @@ fn readme_tour_with_tail_and_curl() {
     assert_eq!(n["type"], "notification");
     assert_eq!(n["channel"], "user:42");
     assert_eq!(n["title"], "Your order shipped");
-    assert!(tail.0.take().unwrap().wait().unwrap().success());
+    assert!(tail.exit_status().success());
     // `-n 1` closes the WebSocket properly: a normal close, not a
     // protocol error (the session ends just after the tail exits).
     let closed = r#"herald_sessions_closed_total{reason="client_closed"} 1"#;
@@ -560,4 +571,70 @@ fn tail_says_why_the_server_closed() {
         "herald tail: the server closed the connection \
          (1001 going_away: server shutting down); reconnecting"
     );
+}
+
+/// `herald tail --last-id` starts after that id, and when its connection
+/// ends (its herald stopped) reconnects by itself with the last id it
+/// printed. Two nodes on one Redis log: while the tail's node is down,
+/// events are posted to the other, so the only way the tail gets them is
+/// the replay after its last id; then one more arrives live. Fails if the
+/// tail ignores `--last-id`, or reconnects without its last id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_starts_after_last_id_and_resumes_after_a_reconnect() {
+    let prefix = Prefix::shared();
+    let config =
+        format!("[store]\nkind = \"redis\"\nurl = \"{SHARED_URL}\"\nkey_prefix = \"{prefix}\"\n");
+    let mut a = Process::start(&config);
+    let b = Process::start(&config);
+    let channel = unique("user");
+    let post = |node: &Process, title: &str| {
+        let url = format!("{}/events/t", node.base());
+        let body = serde_json::json!({"channel": channel, "title": title});
+        async move {
+            let res = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status().as_u16(), 202);
+        }
+    };
+    let mut probe = common::Client::connect(&a.ws_url(&format!("channel={channel}"))).await;
+    let position = probe.next_of_type("subscribed").await["position"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let epoch = common::epoch_of(&position);
+    for title in ["n0", "n1", "n2"] {
+        post(&a, title).await;
+    }
+
+    let last_id = format!("{epoch}-1");
+    let args = ["--channel", &channel, "--last-id", &last_id, "-n", "5"];
+    let (mut tail, mut out, _) = spawn_tail(a.port, &args, false);
+    let mut frame = || {
+        let f = out.json();
+        match f["type"].as_str() {
+            Some("notification") => f["title"].as_str().unwrap().to_string(),
+            Some("subscribed") => format!("subscribed {} {}", f["replayed"], f["recovered"]),
+            _ => panic!("unexpected frame {f}"),
+        }
+    };
+    assert_eq!(
+        [frame(), frame(), frame()],
+        ["n1", "n2", "subscribed 2 true"]
+    );
+
+    a.stop();
+    post(&b, "n3").await;
+    post(&b, "n4").await;
+    a.restart();
+    assert_eq!(
+        [frame(), frame(), frame()],
+        ["n3", "n4", "subscribed 2 true"]
+    );
+    post(&a, "n5").await;
+    assert_eq!(frame(), "n5");
+    assert!(tail.exit_status().success());
 }
