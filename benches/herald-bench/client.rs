@@ -4,8 +4,14 @@
 //! The checker follows one channel per client: the offsets it receives must
 //! go up by exactly one (a jump is a loss, a repeat a duplicate), starting
 //! right after the client's `last_id` (replay) or the `position` of its
-//! `subscribed` frame (live). Latency is the receive time minus the
-//! producer's timestamp in the event's `data.ts`, recorded for live
+//! `subscribed` frame (live); a resume must be answered `recovered: true`
+//! (else history was lost); and the events received must be the ones sent:
+//! the sum of their `data.seq` numbers is compared with what the producer
+//! sent to the channel for those offsets (channels are fresh and get events
+//! `seq_first + k * seq_stride`, k = 0, 1, ...; concurrent requests may
+//! append them in another order, so the sum, not each offset, is checked).
+//! Latency is the receive time minus
+//! the producer's timestamp in the event's `data.ts`, recorded for live
 //! notifications only (replayed ones are old by design).
 
 use std::borrow::Cow;
@@ -133,11 +139,23 @@ pub(crate) struct Track {
     pub epoch: String,
     /// Highest offset received in order (the client's last id).
     pub last: u64,
+    /// The offset the client started after (its first position or the
+    /// last id it was given).
+    pub start: u64,
     pub received: u64,
     pub lost: u64,
     pub duplicates: u64,
     pub bytes: u64,
+    /// Sum of `data.seq` over the notifications received in order.
     pub seq_sum: u128,
+    /// The channel's first event and the step between its events' seq
+    /// numbers (0 and 1 for a channel that gets every event).
+    pub seq_first: u64,
+    pub seq_stride: u64,
+    /// Resumes answered `recovered: false`.
+    pub unrecovered: u64,
+    /// A scenario that expects resumes to fail sets this.
+    pub allow_unrecovered: bool,
     pub subscribed: bool,
     pub recovered: bool,
     pub replayed: u64,
@@ -148,6 +166,11 @@ pub(crate) struct Track {
 impl Track {
     pub(crate) fn last_id(&self) -> String {
         format!("{}-{}", self.epoch, self.last)
+    }
+
+    /// The seq of the `offset`-th event sent to the channel.
+    fn expected_seq(&self, offset: u64) -> u64 {
+        self.seq_first + self.seq_stride.max(1) * offset.saturating_sub(1)
     }
 
     fn on_notification(&mut self, offset: u64, seq: u64) {
@@ -164,7 +187,8 @@ impl Track {
         }
     }
 
-    /// Check the client received exactly `from + 1 ..= to` in order.
+    /// Check the client received exactly `start + 1 ..= to` in order, the
+    /// events sent for those offsets, and that every resume recovered.
     pub(crate) fn verify(&self, who: &str, to: u64) -> Result<()> {
         if self.lost > 0 || self.duplicates > 0 || self.last != to {
             bail!(
@@ -172,6 +196,21 @@ impl Track {
                 self.last,
                 self.lost,
                 self.duplicates
+            );
+        }
+        if self.unrecovered > 0 && !self.allow_unrecovered {
+            bail!(
+                "{who}: {} resume(s) answered recovered: false (history lost)",
+                self.unrecovered
+            );
+        }
+        let sent: u128 = (self.start + 1..=to)
+            .map(|o| u128::from(self.expected_seq(o)))
+            .sum();
+        if self.seq_sum != sent {
+            bail!(
+                "{who}: not the events sent: their seq numbers sum to {}, {sent} expected",
+                self.seq_sum
             );
         }
         Ok(())
@@ -219,6 +258,8 @@ pub(crate) struct Client {
     pub dial: Dial,
     pub channel: String,
     ws: Option<Ws>,
+    /// The current connection asked to resume after a last id.
+    resuming: bool,
     pub track: Track,
     /// Live latency, by phase (`split` decides: seq below it is phase 0).
     pub hist: [Option<Histogram<u64>>; 2],
@@ -236,6 +277,7 @@ impl Client {
             dial,
             channel,
             ws: None,
+            resuming: false,
             track: Track::default(),
             hist: [None, None],
             split: None,
@@ -257,6 +299,7 @@ impl Client {
     pub(crate) async fn connect(&mut self) -> Result<()> {
         let q = self.query(None);
         self.ws = Some(dial(&self.dial, &q).await?);
+        self.resuming = false;
         self.track.subscribed = false;
         Ok(())
     }
@@ -266,15 +309,18 @@ impl Client {
     pub(crate) async fn resume(&mut self) -> Result<()> {
         let q = self.query(Some(&self.track.last_id()));
         self.ws = Some(dial(&self.dial, &q).await?);
+        self.resuming = true;
         self.track.subscribed = false;
         Ok(())
     }
 
     /// Take `<epoch>-<offset>` as the last id (for a client that has not
-    /// connected yet).
+    /// connected yet, or read nothing yet): it expects everything after it.
     pub(crate) fn set_last_id(&mut self, epoch: &str, offset: u64) {
         self.track.epoch = epoch.to_string();
         self.track.last = offset;
+        self.track.start = offset;
+        self.track.seq_sum = 0;
     }
 
     /// Drop the connection without a close frame (a network failure).
@@ -331,8 +377,17 @@ impl Client {
                             .rsplit_once('-')
                             .and_then(|(e, o)| Some((e, o.parse::<u64>().ok()?)))
                             .ok_or_else(|| anyhow!("bad position {pos}"))?;
-                        if !recovered || self.track.epoch.is_empty() {
+                        if self.resuming && !recovered {
+                            // The server could not replay what the client
+                            // missed: a loss, unless the scenario expects it.
+                            self.track.unrecovered += 1;
+                        }
+                        if self.track.epoch.is_empty() {
                             // Live from the head: nothing before it is expected.
+                            self.track.epoch = epoch.to_string();
+                            self.track.last = offset;
+                            self.track.start = offset;
+                        } else if !recovered {
                             self.track.epoch = epoch.to_string();
                             self.track.last = offset;
                         } else if offset != self.track.last {

@@ -91,6 +91,11 @@ async fn deliver(
     let mut list = clients(c, server.addr, opts, 16 * 1024, |i| {
         format!("user:{prefix}{i}")
     });
+    // Client i's channel gets events i, i + c, i + 2c, ...
+    for cl in &mut list {
+        cl.track.seq_first = cl.index as u64;
+        cl.track.seq_stride = c as u64;
+    }
     if fixture.backlog() {
         for cl in &mut list {
             cl.record_latency = false;

@@ -63,7 +63,9 @@ async fn measure(opts: &Opts, k: usize, missed: u64, rate: u64) -> Result<Figure
         Route::Channel(channel.clone()),
         100,
     )?;
-    producer.flood(0..missed + 1, 100, 2, None, end).await?;
+    // One request at a time: event `seq` is at offset `seq + 1`, so the
+    // checker knows which events a resume after `from` must bring.
+    producer.flood(0..missed + 1, 100, 1, None, end).await?;
     // Learn the epoch and head from a fresh subscription.
     let probe = clients(1, server.addr, opts, 4096, |_| channel.clone());
     let probe = connect_all(probe, 1, opts.timeout()).await?;
