@@ -504,7 +504,7 @@ async fn admin_endpoints_need_the_admin_token_and_move_to_the_admin_listener() {
         c.admin.listen = Some("127.0.0.1:0".parse().unwrap());
     })
     .await;
-    let admin = format!("http://{}", h.running.admin_addr().unwrap());
+    let admin = format!("http://{}", h.running().admin_addr().unwrap());
     assert_eq!(get(h.base.clone(), "/metrics", Some(ADMIN)).await, 404);
     assert_eq!(get(h.base.clone(), "/readyz", Some(ADMIN)).await, 404);
     assert_eq!(get(h.base.clone(), "/healthz", None).await, 200);
@@ -517,8 +517,8 @@ async fn admin_endpoints_need_the_admin_token_and_move_to_the_admin_listener() {
 
 #[tokio::test]
 async fn a_client_resumes_on_another_node_with_the_same_token() {
-    use common::redis_server::{self, SHARED_URL};
-    let prefix = redis_server::prefix();
+    use common::redis_server::{Prefix, SHARED_URL};
+    let prefix = Prefix::shared();
     let node = |prefix: String| {
         Herald::start_with(move |c| {
             jwt(c);
@@ -527,8 +527,8 @@ async fn a_client_resumes_on_another_node_with_the_same_token() {
             c.store.key_prefix = Some(prefix);
         })
     };
-    let a = node(prefix.clone()).await;
-    let b = node(prefix.clone()).await;
+    let a = node(prefix.to_string()).await;
+    let b = node(prefix.to_string()).await;
     let sub = unique("n");
     let channel = format!("user:{sub}");
     let token = token_for(&sub, 300, json!({}));
@@ -551,7 +551,6 @@ async fn a_client_resumes_on_another_node_with_the_same_token() {
     assert_eq!(client.next_of_type("subscribed").await["recovered"], true);
     a.stop().await;
     b.stop().await;
-    redis_server::cleanup(SHARED_URL, &prefix).await;
 }
 
 #[tokio::test]

@@ -11,17 +11,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::auth::{SECRET, jwt, now, token_for};
+use common::lines::Lines;
 use common::process::Process;
 use common::{Herald, unique};
 use serde_json::json;
 
 fn herald() -> Command {
     Command::new(env!("CARGO_BIN_EXE_herald"))
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 #[test]
@@ -57,27 +53,19 @@ fn serving_unauthenticated_off_loopback_is_refused_unless_allowed() {
         "{err}"
     );
 
-    // Explicitly allowed: it serves (on all interfaces; the test talks to
-    // it over loopback only).
-    let port = free_port();
+    // Explicitly allowed: it serves (on all interfaces, on a port it picks
+    // and names in its log; the test talks to it over loopback only).
     let mut child = herald()
         .arg("serve")
-        .env("HERALD_SERVER__LISTEN", format!("0.0.0.0:{port}"))
+        .env("HERALD_SERVER__LISTEN", "0.0.0.0:0")
         .env("HERALD_AUTH__ALLOW_ANONYMOUS", "true")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let up = loop {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break true;
-        }
-        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
-            break false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let mut log = Lines::new(child.stderr.take().unwrap());
+    let port = log.listening_port();
+    let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     let status = child.wait().unwrap();
     assert!(up, "herald did not serve with auth.allow_anonymous = true");

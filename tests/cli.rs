@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::lines::{LINE_TIMEOUT, Lines};
 use common::process::Process;
 use common::redis_server::{Prefix, SHARED_URL};
 use common::unique;
@@ -393,64 +392,6 @@ impl Drop for Serving {
     }
 }
 
-/// Bound of every wait for a line of output.
-const LINE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// The lines a child writes to one of its pipes, read by a thread of their
-/// own so that a test waits for each with a deadline (a missing line fails
-/// the test instead of hanging it).
-struct Lines {
-    rx: mpsc::Receiver<String>,
-    /// Everything read so far.
-    seen: Vec<String>,
-}
-
-impl Lines {
-    fn new(pipe: impl std::io::Read + Send + 'static) -> Self {
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines() {
-                let Ok(line) = line else { return };
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
-        Self {
-            rx,
-            seen: Vec::new(),
-        }
-    }
-
-    /// The next line; panics after `LINE_TIMEOUT` or at the end of output.
-    fn next(&mut self) -> String {
-        match self.rx.recv_timeout(LINE_TIMEOUT) {
-            Ok(line) => {
-                self.seen.push(line.clone());
-                line
-            }
-            Err(e) => panic!(
-                "no line within {LINE_TIMEOUT:?} ({e}); so far:\n{}",
-                self.seen.join("\n")
-            ),
-        }
-    }
-
-    /// The next line, parsed as JSON.
-    fn json(&mut self) -> serde_json::Value {
-        let line = self.next();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
-    }
-
-    /// Lines up to the end of output (the child exited).
-    fn rest(mut self) -> String {
-        while let Ok(line) = self.rx.recv_timeout(LINE_TIMEOUT) {
-            self.seen.push(line);
-        }
-        self.seen.join("\n")
-    }
-}
-
 /// `herald` set up by `edit`, on 127.0.0.1:0, once it logged `herald
 /// listening`: the port comes from that line, so no free port is picked
 /// ahead and lost to another process. Its log (stderr).
@@ -463,16 +404,8 @@ fn herald_listening(edit: impl FnOnce(&mut Command)) -> (Serving, u16, Lines) {
     let mut child = cmd.spawn().unwrap();
     let mut log = Lines::new(child.stderr.take().unwrap());
     let serving = Serving(Some(child));
-    loop {
-        let line = log.next();
-        if let Some((_, rest)) = line
-            .split_once("herald listening")
-            .and_then(|(_, rest)| rest.split_once("127.0.0.1:"))
-        {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            return (serving, digits.parse().unwrap(), log);
-        }
-    }
+    let port = log.listening_port();
+    (serving, port, log)
 }
 
 /// `herald tail` of the herald on `port`, its stdout piped.

@@ -12,6 +12,7 @@ pub mod amqp;
 pub mod auth;
 pub mod crash;
 pub mod kafka;
+pub mod lines;
 pub mod port;
 pub mod process;
 pub mod producers;
@@ -71,6 +72,11 @@ impl Herald {
             base: format!("http://{addr}"),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// The running herald (until [`Herald::stop`]).
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("running until stopped")
     }
 
     /// The address herald listens on.
