@@ -440,22 +440,17 @@ async fn while_redis_is_down_appends_fail_and_resume_when_it_is_back() {
 }
 
 /// `/readyz` includes the store: 503 naming Redis while it is down (at
-/// start too, which no longer waits 3 s for it), 200 once it is back.
+/// start too: herald listens without waiting for Redis and says why it is
+/// not ready), 200 once it is back. No bound on the start-up time here (a
+/// loaded machine would make it flaky): that herald answers at all with
+/// Redis refused is the point.
 /// Mutation: `RedisStore::readiness` always `Ok` fails the first 503.
 #[tokio::test]
 async fn readiness_follows_redis_from_start_through_an_outage() {
     let mut redis = RedisServer::start(true);
     redis.kill9();
     let prefix = redis_server::prefix();
-    let started = Instant::now();
     let h = node(&redis.url(), &prefix, |_| {}).await;
-    let waited = started.elapsed();
-    // A refused connection fails the feed's first attempt at once; the old
-    // start-up waited 3 s regardless.
-    assert!(
-        waited < Duration::from_millis(2500),
-        "start waited {waited:?}"
-    );
     let (status, body) = h.get("/readyz").await;
     assert_eq!(status, 503, "{body}");
     let body: Value = serde_json::from_str(&body).unwrap();
