@@ -35,7 +35,7 @@ source scripts/kafka.sh
 # its size against the budget.
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm test && npm run check)
 
-cargo test --locked "$@"
+cargo test --locked --no-fail-fast "$@"
 
 # The load generator at small scale against the debug build: every scenario,
 # herald and the Node.js ws peer, correctness only (no timing assertion).
