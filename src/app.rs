@@ -224,6 +224,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => (Some(admin), None),
     };
     let router = router(&config, &gateway, &pipeline, public_admin, &api_keys);
+    let router = edge_checks(router, addr, &config, &metrics);
+    let admin_router = admin_router.map(|r| match admin_listener.as_ref() {
+        Some((_, bound)) => edge_checks(r, *bound, &config, &metrics),
+        None => r,
+    });
 
     let header_timeout = Duration::from_millis(config.server.handshake_timeout_ms);
     let drain = Duration::from_millis(config.server.shutdown_timeout_ms);
@@ -344,6 +349,33 @@ fn router(
         ));
     }
     router
+}
+
+/// Wrap `router` (all its routes) in the Origin and Host checks of a
+/// listener bound to `addr`. The lists were checked by `Config::validate`.
+fn edge_checks(
+    router: Router,
+    addr: SocketAddr,
+    config: &Config,
+    metrics: &Arc<Metrics>,
+) -> Router {
+    let server = &config.server;
+    let policy = crate::edge::origin::Policy::new(
+        addr,
+        server.allowed_origins.as_deref(),
+        server.allowed_hosts.as_deref(),
+    )
+    .unwrap_or_else(|problem| {
+        // Unreachable after validation; refuse every origin rather than
+        // run without the check.
+        tracing::error!(problem, "server.allowed_origins / allowed_hosts");
+        crate::edge::origin::Policy::new(addr, Some(&[]), Some(&[]))
+            .expect("empty lists always compile")
+    });
+    router.layer(axum::middleware::from_fn_with_state(
+        (Arc::new(policy), metrics.clone()),
+        crate::edge::origin::guard,
+    ))
 }
 
 /// Say at start what is open to whoever reaches the listener.

@@ -78,6 +78,16 @@ pub struct ServerConfig {
     /// seconds and is closed with 4008, instead of hiding for minutes in a
     /// send buffer autotuned to megabytes.
     pub send_buffer_bytes: usize,
+    /// Origins (`scheme://host[:port]`, globs allowed, `"*"` for all,
+    /// `"null"` for `file://` pages) whose browsers may connect, besides
+    /// the same origin. Unset: the loopback origins. See `edge::origin`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_origins: Option<Vec<String>>,
+    /// Host names (globs allowed, `"*"` for all) requests may name. Unset:
+    /// `localhost`, `127.0.0.1`, `[::1]` on a loopback listener, any
+    /// elsewhere.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +100,8 @@ impl Default for ServerConfig {
             // Linux doubles it (bookkeeping): 256 KiB of socket memory, a
             // throughput cap of ~2.5 MB/s per client at 100 ms round trip.
             send_buffer_bytes: 128 * 1024,
+            allowed_origins: None,
+            allowed_hosts: None,
         }
     }
 }
@@ -230,6 +242,31 @@ pub struct DeliveryConfig {
     /// Read buffer per connection, allocated up front. Small, because most
     /// sessions are idle; tungstenite grows it for a larger message.
     pub read_buffer_bytes: usize,
+}
+
+impl ServerConfig {
+    /// The origin and host lists.
+    fn validate(&self) -> Result<(), (String, String)> {
+        use crate::edge::origin::{check_host_pattern, check_origin_pattern};
+        let lists = [
+            (
+                "server.allowed_origins",
+                &self.allowed_origins,
+                check_origin_pattern as fn(&str) -> Result<(), String>,
+            ),
+            (
+                "server.allowed_hosts",
+                &self.allowed_hosts,
+                check_host_pattern,
+            ),
+        ];
+        for (key, list, check) in lists {
+            for (i, entry) in list.iter().flatten().enumerate() {
+                check(entry).map_err(|problem| (format!("{key}[{i}]"), problem))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl StoreConfig {
@@ -420,6 +457,7 @@ impl Config {
                 "ping interval and pong timeout must be greater than 0".into(),
             ));
         }
+        self.server.validate()?;
         self.store.validate()?;
         for channel in &self.delivery.default_channels {
             if let Err(problem) = crate::delivery::protocol::check_channel(channel) {

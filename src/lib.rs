@@ -23,6 +23,8 @@
 //!   producers' API keys, the admin token;
 //! - [`app`]: wiring, start-up and ordered shutdown;
 //! - [`server`]: the HTTP accept loop;
+//! - [`edge`]: what every connection and request passes first (Origin and
+//!   Host checks, limits);
 //! - [`admin`]: `/healthz`, `/readyz`, `/metrics`;
 //! - [`config`]: defaults → TOML file → `HERALD_*` environment;
 //! - [`metrics`]: every counter in one place;
@@ -35,6 +37,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod edge;
 pub mod event;
 pub mod metrics;
 pub mod pipeline;

@@ -66,6 +66,8 @@ pub struct Metrics {
     pub store_trimmed: Counter,
     /// The RabbitMQ source's counters (`herald_amqp_*`).
     pub amqp: AmqpMetrics,
+    /// The HTTP edge's counters (`herald_http_*`).
+    pub edge: crate::edge::EdgeMetrics,
 }
 
 /// The RabbitMQ source's counters, each labelled by source name.
@@ -253,6 +255,7 @@ impl Metrics {
             store_trimmed.clone(),
         );
         let amqp = AmqpMetrics::register(&mut registry);
+        let edge = crate::edge::EdgeMetrics::register(&mut registry);
         Self {
             registry,
             events,
@@ -275,6 +278,7 @@ impl Metrics {
             store_errors,
             store_trimmed,
             amqp,
+            edge,
             dead_lettered,
             source_errors,
             kafka_consumer_lag,

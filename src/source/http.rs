@@ -253,8 +253,13 @@ async fn ingest(
                 totals.2 += done.failures.len();
             }
             Err(e) => {
+                // The store's error text is for the operator, not the
+                // producer: the log has it, the answer says what to do.
                 tracing::warn!(topic, error = %e, "ingest failed: store unavailable");
-                return error(StatusCode::SERVICE_UNAVAILABLE, format!("{e}; retry"));
+                return error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the log is unavailable; retry later",
+                );
             }
         }
     }

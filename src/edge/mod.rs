@@ -1,0 +1,46 @@
+//! The HTTP edge: what every connection and request passes before a route
+//! sees it.
+//!
+//! - [`origin`]: the `Origin` and `Host` checks (cross-site WebSocket
+//!   hijacking, DNS rebinding), answered 403 / 421 before any upgrade;
+//!
+//! The accept loop itself is [`crate::server`]; it asks this module.
+//!
+//! Every refusal here is counted in `herald_http_refused_total{reason}`
+//! and answered with a status and a short body that names the problem and
+//! the setting, never an internal error text.
+
+pub mod origin;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The edge's counters (`herald_http_*`).
+#[derive(Debug, Default)]
+pub struct EdgeMetrics {
+    /// Requests and connections refused at the edge, by reason (`origin`,
+    /// `host`, ...).
+    pub refused: Family<Labels, Counter>,
+}
+
+impl EdgeMetrics {
+    pub(crate) fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        let r = registry.sub_registry_with_prefix("http");
+        r.register(
+            "refused",
+            "Requests and connections refused before a route, by reason",
+            m.refused.clone(),
+        );
+        m
+    }
+
+    pub fn refused(&self, reason: &'static str) {
+        self.refused
+            .get_or_create(&vec![("reason", reason.to_string())])
+            .inc();
+    }
+}
