@@ -29,7 +29,8 @@ use crate::delivery::session::Shared;
 use crate::delivery::ws::{self, Gateway};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::rules::{Rules, RulesError};
+use crate::rules::RulesError;
+use crate::rules::versions::Versions;
 use crate::source::{Readiness, SourceConfig, SourceContext, SourceError};
 use crate::store::{OpenError, Store};
 
@@ -78,6 +79,7 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     pub pipeline: Arc<Pipeline>,
     pub readiness: Readiness,
+    pub versions: Arc<Versions>,
 }
 
 impl Running {
@@ -112,10 +114,10 @@ impl Running {
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
-    let rules = match &config.rules.path {
-        Some(path) => Rules::load(path)?,
-        None => Rules::builtin(),
-    };
+    let version_store =
+        crate::rules::versions::store::open(&config.store).map_err(OpenError::Config)?;
+    let (rules, rules_text) =
+        crate::rules::versions::initial(config.rules.path.as_deref(), &*version_store).await?;
     let store = crate::store::open(&config.store, hub.clone(), metrics.clone()).await?;
     metrics.rules_loaded(true);
     tracing::info!(
@@ -130,6 +132,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics.clone(),
         config.rules.max_notification_bytes,
     ));
+    let versions = Versions::start(
+        version_store,
+        pipeline.clone(),
+        config.rules.path.clone(),
+        rules_text,
+    )
+    .await;
 
     let readiness = Readiness::default();
     let mut sources = Vec::new();
@@ -214,9 +223,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         sessions: TaskTracker::new(),
     });
     let admin = crate::admin::routes(
-        readiness.clone(),
-        store.clone(),
-        metrics.clone(),
+        crate::admin::Admin {
+            readiness: readiness.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            versions: versions.clone(),
+        },
         admin_token.clone(),
     );
     let (public_admin, admin_router) = match admin_listener {
@@ -257,11 +269,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let watcher = match (&config.rules.path, config.rules.watch) {
         (Some(path), true) => Some(crate::rules::watch::spawn(
             path.clone(),
-            pipeline.clone(),
+            versions.clone(),
             stop.clone(),
         )),
         _ => None,
     };
+    let follower = versions.spawn_follower(stop.clone());
     tracing::info!(%addr, store = config.store.kind.as_str(), "herald listening");
 
     let task = tokio::spawn({
@@ -293,6 +306,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             if let Some(w) = watcher {
                 let _ = w.await;
             }
+            if let Some(f) = follower {
+                let _ = f.await;
+            }
             if let Err(e) = store.close().await {
                 tracing::error!(error = %e, "store close failed");
             }
@@ -307,6 +323,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         metrics,
         pipeline,
         readiness,
+        versions,
     })
 }
 

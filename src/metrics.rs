@@ -46,6 +46,10 @@ pub struct Metrics {
     pub auth_rejections: Family<Labels, Counter>,
     /// Rules versions loaded, by result (`ok`, `rejected`).
     pub rules_reloads: Family<Labels, Counter>,
+    /// Rules versions made live, by version id and origin (`api`,
+    /// `rollback`, `store` (activated by another node), `built-in` or the
+    /// file's path).
+    pub rules_activations: Family<Labels, Counter>,
     /// Poison events written to a dead-letter destination, by source and
     /// reason.
     pub dead_lettered: Family<Labels, Counter>,
@@ -145,6 +149,7 @@ impl Metrics {
         let client_errors = Family::<Labels, Counter>::default();
         let auth_rejections = Family::<Labels, Counter>::default();
         let rules_reloads = Family::<Labels, Counter>::default();
+        let rules_activations = Family::<Labels, Counter>::default();
         let store_commits = Counter::default();
         let store_commit_size = Histogram::new(exponential_buckets(1.0, 4.0, 8));
         let store_errors = Family::<Labels, Counter>::default();
@@ -220,6 +225,11 @@ impl Metrics {
             rules_reloads.clone(),
         );
         registry.register(
+            "rules_activations",
+            "Rules versions made live, by version id and origin",
+            rules_activations.clone(),
+        );
+        registry.register(
             "dead_lettered",
             "Poison events written to a dead-letter destination, by source and reason",
             dead_lettered.clone(),
@@ -273,6 +283,7 @@ impl Metrics {
             client_errors,
             auth_rejections,
             rules_reloads,
+            rules_activations,
             store_commits,
             store_commit_size,
             store_errors,
@@ -357,6 +368,15 @@ impl Metrics {
         let result = if ok { "ok" } else { "rejected" };
         self.rules_reloads
             .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    pub fn rules_activated(&self, version: &str, origin: &str) {
+        self.rules_activations
+            .get_or_create(&vec![
+                ("version", version.to_string()),
+                ("origin", origin.to_string()),
+            ])
             .inc();
     }
 

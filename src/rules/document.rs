@@ -13,7 +13,8 @@ use serde_json::{Map, Number, Value};
 
 /// The text format of a rules file, chosen by extension (`.toml` is TOML,
 /// everything else YAML).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     Yaml,
     Toml,

@@ -19,6 +19,7 @@
 mod compile;
 pub(crate) mod document;
 mod eval;
+pub mod versions;
 pub mod watch;
 
 use std::fmt;
@@ -122,6 +123,12 @@ impl Rules {
     /// The [`content_id`] of the text this version was compiled from.
     pub fn content_id(&self) -> &str {
         &self.content_id
+    }
+
+    /// The rule ids, in evaluation order.
+    pub fn rule_ids(&self) -> Vec<String> {
+        self.compiled
+            .rules(|rules| rules.iter().map(|r| r.id.to_string()).collect())
     }
 
     /// Number of rules.

@@ -27,15 +27,15 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::versions::{ActivateError, StoredText, Versions};
 use super::{Format, Rules, RulesError, content_id};
-use crate::pipeline::Pipeline;
 
 /// Quiet time after the last change before reloading.
 const DEBOUNCE: Duration = Duration::from_millis(250);
 
-/// Watch `path` and swap the pipeline's rules on every valid change of its
-/// content. The live rules are the file's current version when called.
-pub fn spawn(path: PathBuf, pipeline: Arc<Pipeline>, stop: CancellationToken) -> JoinHandle<()> {
+/// Watch `path` and activate every valid change of its content through
+/// `versions`. The live rules are the file's current version when called.
+pub fn spawn(path: PathBuf, versions: Arc<Versions>, stop: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let target = path.file_name().map(|n| n.to_owned());
@@ -66,9 +66,9 @@ pub fn spawn(path: PathBuf, pipeline: Arc<Pipeline>, stop: CancellationToken) ->
             tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the rules directory; reload disabled");
             return;
         }
-        let mut last_tried = pipeline.rules().content_id().to_string();
+        let mut last_tried = versions.rules().content_id().to_string();
         // A change between loading the file at start and watching it.
-        reload_if_changed(&path, &pipeline, &mut last_tried);
+        reload_if_changed(&path, &versions, &mut last_tried).await;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -85,7 +85,7 @@ pub fn spawn(path: PathBuf, pipeline: Arc<Pipeline>, stop: CancellationToken) ->
                     },
                 }
             }
-            reload_if_changed(&path, &pipeline, &mut last_tried);
+            reload_if_changed(&path, &versions, &mut last_tried).await;
         }
     })
 }
@@ -103,15 +103,13 @@ fn is_change(kind: &EventKind) -> bool {
 }
 
 /// Read `path`; when its content differs from `last_tried` (the content id
-/// of the version last tried, or the last read error), compile it and make
-/// it live if it is valid. Returns whether a new version went live.
-pub fn reload_if_changed(path: &Path, pipeline: &Pipeline, last_tried: &mut String) -> bool {
+/// of the version last tried, or the last read error), activate it through
+/// `versions` (compiled, recorded, made live when valid). Returns whether a
+/// new version went live.
+pub async fn reload_if_changed(path: &Path, versions: &Versions, last_tried: &mut String) -> bool {
     let origin = path.display().to_string();
-    let (tried, result) = match Rules::read(path) {
-        Ok(text) => (
-            content_id(&text),
-            Rules::parse(&text, Format::from_path(path), &origin),
-        ),
+    let (tried, text) = match Rules::read(path) {
+        Ok(text) => (content_id(&text), Ok(text)),
         // The same failure again (a file still missing) is not news either.
         Err(e) => (format!("unreadable: {e}"), Err(e)),
     };
@@ -120,21 +118,26 @@ pub fn reload_if_changed(path: &Path, pipeline: &Pipeline, last_tried: &mut Stri
         return false;
     }
     *last_tried = tried;
-    match result {
-        Ok(rules) => {
-            tracing::info!(
-                origin = rules.origin(),
-                rules = rules.len(),
-                version = rules.content_id(),
-                "rules reloaded"
-            );
-            pipeline.metrics().rules_loaded(true);
-            pipeline.set_rules(rules);
-            true
+    let text = match text {
+        Ok(text) => text,
+        Err(e) => {
+            versions.rules_rejected();
+            log_rejected(&e);
+            return false;
+        }
+    };
+    let stored = StoredText {
+        format: Format::from_path(path),
+        text,
+    };
+    match versions.activate(stored, &origin).await {
+        Ok(activated) => activated.is_some(),
+        Err(ActivateError::Invalid(e)) => {
+            log_rejected(&e);
+            false
         }
         Err(e) => {
-            pipeline.metrics().rules_loaded(false);
-            log_rejected(&e);
+            tracing::warn!(file = %origin, error = %e, "rules file not activated");
             false
         }
     }

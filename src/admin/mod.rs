@@ -1,7 +1,9 @@
 //! Operations endpoints: `/healthz` (always public) and the admin surface,
-//! `/readyz` (the store and every source) and `/metrics` (and every later
-//! `/admin/*` endpoint), guarded by the admin token when one is set and
-//! served on `[admin] listen` when that is set.
+//! `/readyz` (the store and every source), `/metrics` and `/admin/*` (the
+//! rules lifecycle, [`rules`]), guarded by the admin token when one is set
+//! and served on `[admin] listen` when that is set.
+
+mod rules;
 
 use std::sync::Arc;
 
@@ -14,14 +16,17 @@ use serde_json::json;
 
 use crate::auth::admin::AdminToken;
 use crate::metrics::Metrics;
+use crate::rules::versions::Versions;
 use crate::source::Readiness;
 use crate::store::Store;
 
+/// What the admin endpoints read and act on.
 #[derive(Debug, Clone)]
-struct Admin {
-    readiness: Readiness,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
+pub struct Admin {
+    pub readiness: Readiness,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    pub versions: Arc<Versions>,
 }
 
 /// `/healthz`: on every listener, never behind a token (load balancers and
@@ -31,21 +36,14 @@ pub fn health_routes() -> Router {
 }
 
 /// The admin surface, behind `token` when it is set.
-pub fn routes(
-    readiness: Readiness,
-    store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
-    token: Arc<AdminToken>,
-) -> Router {
+pub fn routes(admin: Admin, token: Arc<AdminToken>) -> Router {
     let guarded = token.is_set();
+    let metrics = admin.metrics.clone();
     let router = Router::new()
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
-        .with_state(Admin {
-            readiness,
-            store,
-            metrics: metrics.clone(),
-        });
+        .merge(rules::routes())
+        .with_state(admin);
     if !guarded {
         return router;
     }

@@ -1,0 +1,156 @@
+//! `/admin/rules`: the active rules version, its history, activation and
+//! rollback (see [`crate::rules::versions`]).
+//!
+//! - `GET /admin/rules`: the mode (`file` or `api`), the live version with
+//!   its text, the active id in the store and the history, newest first;
+//! - `PUT /admin/rules`: the body is a rules file (YAML, or TOML with a
+//!   `Content-Type` naming toml or `?format=toml`); 200 with the record
+//!   (`activated: false` when that content is already live), 422 with one
+//!   diagnostic per problem (the live version stays), 409 when rules come
+//!   from a file, 503 when the version store cannot record it;
+//! - `POST /admin/rules/rollback[?to=<id>]`: make version `to` (default:
+//!   the live version's previous) live again; 404 for an id not kept.
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Admin;
+use crate::rules::Format;
+use crate::rules::versions::{API, ActivateError, StoredText};
+
+pub(super) fn routes() -> Router<Admin> {
+    Router::new()
+        .route("/admin/rules", get(show).put(activate))
+        .route("/admin/rules/rollback", post(rollback))
+}
+
+async fn show(State(admin): State<Admin>) -> Response {
+    let versions = &admin.versions;
+    let rules = versions.rules();
+    let live = versions.live_text();
+    let mut body = json!({
+        "mode": if versions.file().is_some() { "file" } else { "api" },
+        "file": versions.file().map(|p| p.display().to_string()),
+        "live": {
+            "id": rules.content_id(),
+            "origin": rules.origin(),
+            "rules": rules.rule_ids(),
+            "format": live.format,
+            "text": live.text,
+        },
+    });
+    match versions.history().await {
+        Ok(history) => {
+            body["active"] = json!(history.active);
+            body["history"] = json!(history.records);
+            axum::Json(body).into_response()
+        }
+        Err(e) => {
+            body["error"] = json!(e.to_string());
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FormatQuery {
+    format: Option<String>,
+}
+
+/// The format a request names: `?format=`, else its `Content-Type`, else YAML.
+pub(super) fn format_of(query: Option<&str>, headers: &HeaderMap) -> Result<Format, Response> {
+    let named = query.map(str::to_ascii_lowercase).or_else(|| {
+        headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_ascii_lowercase)
+    });
+    match named.as_deref() {
+        Some("toml") => Ok(Format::Toml),
+        Some("yaml" | "yml") | None => Ok(Format::Yaml),
+        Some(t) if query.is_none() && t.contains("toml") => Ok(Format::Toml),
+        Some(_) if query.is_none() => Ok(Format::Yaml),
+        Some(other) => Err(error(
+            StatusCode::BAD_REQUEST,
+            &format!("format {other:?}: expected yaml or toml"),
+        )),
+    }
+}
+
+/// A rules text from a request body.
+pub(super) fn text_of(body: &Bytes, format: Format) -> Result<StoredText, Response> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "the rules text is not UTF-8"))?;
+    Ok(StoredText {
+        format,
+        text: text.to_string(),
+    })
+}
+
+async fn activate(
+    State(admin): State<Admin>,
+    Query(query): Query<FormatQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let format = match format_of(query.format.as_deref(), &headers) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let text = match text_of(&body, format) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    match admin.versions.activate(text, API).await {
+        Ok(Some(record)) => axum::Json(json!({ "activated": true, "version": record })).into_response(),
+        Ok(None) => axum::Json(json!({
+            "activated": false,
+            "version": { "id": admin.versions.rules().content_id() },
+        }))
+        .into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackQuery {
+    to: Option<String>,
+}
+
+async fn rollback(State(admin): State<Admin>, Query(query): Query<RollbackQuery>) -> Response {
+    match admin.versions.rollback(query.to.as_deref()).await {
+        Ok(record) => axum::Json(json!({ "activated": true, "version": record })).into_response(),
+        Err(e) => refused(e),
+    }
+}
+
+/// The answer to an activation that did not happen.
+fn refused(e: ActivateError) -> Response {
+    match e {
+        ActivateError::Invalid(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({
+                "error": "the rules do not compile; the live version stays",
+                "diagnostics": e.diagnostics,
+            })),
+        )
+            .into_response(),
+        ActivateError::FileMode(_) => error(StatusCode::CONFLICT, &e.to_string()),
+        ActivateError::UnknownVersion(_) | ActivateError::NoPrevious => {
+            error(StatusCode::NOT_FOUND, &e.to_string())
+        }
+        ActivateError::Store(_) => error(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+pub(super) fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
