@@ -64,30 +64,31 @@ struct FormatQuery {
     format: Option<String>,
 }
 
-/// The format a request names: `?format=`, else its `Content-Type`, else YAML.
-pub(super) fn format_of(query: Option<&str>, headers: &HeaderMap) -> Result<Format, Response> {
-    let named = query.map(str::to_ascii_lowercase).or_else(|| {
-        headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_ascii_lowercase)
-    });
-    match named.as_deref() {
-        Some("toml") => Ok(Format::Toml),
-        Some("yaml" | "yml") | None => Ok(Format::Yaml),
-        Some(t) if query.is_none() && t.contains("toml") => Ok(Format::Toml),
-        Some(_) if query.is_none() => Ok(Format::Yaml),
-        Some(other) => Err(error(
-            StatusCode::BAD_REQUEST,
-            &format!("format {other:?}: expected yaml or toml"),
-        )),
-    }
-}
-
-/// A rules text from a request body.
-pub(super) fn text_of(body: &Bytes, format: Format) -> Result<StoredText, Response> {
-    let text = std::str::from_utf8(body)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, "the rules text is not UTF-8"))?;
+/// A rules text from a request: the body, in the format `?format=` names,
+/// else the `Content-Type` (one naming toml), else YAML. The error is the
+/// 400 answer's message.
+pub(super) fn candidate(
+    format: Option<&str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<StoredText, String> {
+    let format = match format.map(str::to_ascii_lowercase).as_deref() {
+        Some("toml") => Format::Toml,
+        Some("yaml" | "yml") => Format::Yaml,
+        Some(other) => return Err(format!("format {other:?}: expected yaml or toml")),
+        None => {
+            let content_type = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default();
+            if content_type.to_ascii_lowercase().contains("toml") {
+                Format::Toml
+            } else {
+                Format::Yaml
+            }
+        }
+    };
+    let text = std::str::from_utf8(body).map_err(|_| "the rules text is not UTF-8".to_string())?;
     Ok(StoredText {
         format,
         text: text.to_string(),
@@ -100,16 +101,14 @@ async fn activate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let format = match format_of(query.format.as_deref(), &headers) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let text = match text_of(&body, format) {
+    let text = match candidate(query.format.as_deref(), &headers, &body) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
     };
     match admin.versions.activate(text, API).await {
-        Ok(Some(record)) => axum::Json(json!({ "activated": true, "version": record })).into_response(),
+        Ok(Some(record)) => {
+            axum::Json(json!({ "activated": true, "version": record })).into_response()
+        }
         Ok(None) => axum::Json(json!({
             "activated": false,
             "version": { "id": admin.versions.rules().content_id() },

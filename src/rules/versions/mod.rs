@@ -260,7 +260,8 @@ impl Versions {
             .text(&target)
             .await?
             .ok_or_else(|| ActivateError::UnknownVersion(target.clone()))?;
-        let rules = Rules::parse(&text.text, text.format, ROLLBACK).map_err(ActivateError::Invalid)?;
+        let rules =
+            Rules::parse(&text.text, text.format, ROLLBACK).map_err(ActivateError::Invalid)?;
         match self.make_live(rules, text, ROLLBACK).await? {
             Some(record) => Ok(record),
             // Rolling back to the live version: nothing to do; say what is live.

@@ -112,12 +112,8 @@ impl State {
         self.history.records.insert(0, record.clone());
         self.history.records.truncate(HISTORY);
         self.history.active = Some(record.id.clone());
-        let named: std::collections::HashSet<&str> = self
-            .history
-            .records
-            .iter()
-            .map(|r| r.id.as_str())
-            .collect();
+        let named: std::collections::HashSet<&str> =
+            self.history.records.iter().map(|r| r.id.as_str()).collect();
         self.texts.retain(|id, _| named.contains(id.as_str()));
     }
 }

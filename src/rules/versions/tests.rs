@@ -89,7 +89,10 @@ async fn activation_records_each_new_content_once() {
         .map(|r| r.id.clone())
         .collect();
     let two = content_id(&yaml("two").text);
-    assert_eq!(ids, vec![builtin.clone(), one.id.clone(), two, one.id, builtin]);
+    assert_eq!(
+        ids,
+        vec![builtin.clone(), one.id.clone(), two, one.id, builtin]
+    );
 }
 
 #[tokio::test]
@@ -144,7 +147,10 @@ async fn history_is_bounded() {
     let oldest = &h.records[store::HISTORY - 1];
     assert!(v.text(&oldest.id).await.unwrap().is_some());
     assert!(
-        v.text(&content_id(&yaml("t0").text)).await.unwrap().is_none(),
+        v.text(&content_id(&yaml("t0").text))
+            .await
+            .unwrap()
+            .is_none(),
         "texts of versions no record names are dropped"
     );
 }
