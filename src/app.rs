@@ -353,6 +353,10 @@ fn router(
             "/notifications",
             get(ws::upgrade).with_state(gateway.clone()),
         )
+        .route(
+            "/channels/{channel}/notifications",
+            get(crate::delivery::history::notifications).with_state(gateway.shared.clone()),
+        )
         .merge(crate::admin::health_routes());
     if let Some(admin) = admin {
         router = router.merge(admin);

@@ -44,6 +44,10 @@ pub struct Metrics {
     /// Refused credentials and channels, by surface (`connect`, `refresh`,
     /// `subscribe`, `ingest`, `admin`) and reason.
     pub auth_rejections: Family<Labels, Counter>,
+    /// History API requests, by outcome (`ok` or the refusal's reason).
+    pub history_requests: Family<Labels, Counter>,
+    /// Notifications served by the history API.
+    pub history_notifications: Counter,
     /// Rules versions loaded, by result (`ok`, `rejected`).
     pub rules_reloads: Family<Labels, Counter>,
     /// Rules versions made live, by version id and origin (`api`,
@@ -150,6 +154,8 @@ impl Metrics {
         let auth_rejections = Family::<Labels, Counter>::default();
         let rules_reloads = Family::<Labels, Counter>::default();
         let rules_activations = Family::<Labels, Counter>::default();
+        let history_requests = Family::<Labels, Counter>::default();
+        let history_notifications = Counter::default();
         let store_commits = Counter::default();
         let store_commit_size = Histogram::new(exponential_buckets(1.0, 4.0, 8));
         let store_errors = Family::<Labels, Counter>::default();
@@ -220,6 +226,16 @@ impl Metrics {
             auth_rejections.clone(),
         );
         registry.register(
+            "history_requests",
+            "History API requests, by outcome",
+            history_requests.clone(),
+        );
+        registry.register(
+            "history_notifications",
+            "Notifications served by the history API",
+            history_notifications.clone(),
+        );
+        registry.register(
             "rules_reloads",
             "Rules versions loaded, by result",
             rules_reloads.clone(),
@@ -284,6 +300,8 @@ impl Metrics {
             auth_rejections,
             rules_reloads,
             rules_activations,
+            history_requests,
+            history_notifications,
             store_commits,
             store_commit_size,
             store_errors,
@@ -338,6 +356,14 @@ impl Metrics {
                 ("reason", reason.to_string()),
             ])
             .inc();
+    }
+
+    /// One history API request and the notifications it served.
+    pub fn history_read(&self, outcome: &'static str, notifications: usize) {
+        self.history_requests
+            .get_or_create(&vec![("outcome", outcome.to_string())])
+            .inc();
+        self.history_notifications.inc_by(notifications as u64);
     }
 
     pub fn client_error(&self, code: &'static str) {

@@ -3,13 +3,17 @@
 //! - [`hub`]: channel → live sessions, fan-out of shared frames;
 //! - [`session`]: one client's subscriptions, replay and live stream;
 //! - [`ws`]: the WebSocket gateway at `GET /notifications`;
+//! - [`history`]: the history API, `GET /channels/{channel}/notifications`;
+//! - [`refusal`]: how the HTTP gateways refuse (status + close code);
 //! - [`protocol`]: frames, error codes and close codes;
 //! - `demo.html`: the page served at `/`;
 //! - the browser client served at `/client.js`: the committed build of
 //!   `clients/js/` (CI rebuilds it and fails when it differs).
 
+pub mod history;
 pub mod hub;
 pub mod protocol;
+pub mod refusal;
 pub mod session;
 pub mod ws;
 

@@ -121,6 +121,10 @@ pub enum ClientFrame {
         channel: String,
         #[serde(default)]
         last_id: Option<String>,
+        /// Without `last_id`: replay the last `rewind` retained
+        /// notifications, then live.
+        #[serde(default)]
+        rewind: Option<u64>,
     },
     Unsubscribe {
         channel: String,
@@ -216,7 +220,8 @@ mod tests {
             f,
             ClientFrame::Subscribe {
                 channel: "a".into(),
-                last_id: Some("e-1".into())
+                last_id: Some("e-1".into()),
+                rewind: None,
             }
         );
         assert_eq!(
@@ -234,6 +239,14 @@ mod tests {
         assert!(!format!("{f:?}").contains("a.b.c"), "the token is redacted");
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"refresh"}"#).is_err());
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"subscribe"}"#).is_err());
+        let f: ClientFrame =
+            serde_json::from_str(r#"{"type":"subscribe","channel":"a","rewind":20}"#)
+                .expect("rewind");
+        assert!(matches!(f, ClientFrame::Subscribe { rewind: Some(20), .. }));
+        for bad in [r#""rewind":-1"#, r#""rewind":1.5"#, r#""rewind":"20""#] {
+            let text = format!(r#"{{"type":"subscribe","channel":"a",{bad}}}"#);
+            assert!(serde_json::from_str::<ClientFrame>(&text).is_err(), "{text}");
+        }
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"dance"}"#).is_err());
     }
 

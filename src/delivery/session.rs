@@ -85,6 +85,8 @@ pub struct Shared {
 pub struct Request {
     pub channel: String,
     pub last_id: Option<String>,
+    /// Without `last_id`: replay the last `rewind` retained notifications.
+    pub rewind: Option<u64>,
 }
 
 /// Where a session is in one channel.
@@ -271,7 +273,8 @@ where
         match work {
             Work::Subscribe(requests) => {
                 for r in requests {
-                    self.subscribe(&r.channel, r.last_id.as_deref()).await?;
+                    self.subscribe(&r.channel, r.last_id.as_deref(), r.rewind)
+                        .await?;
                 }
                 self.flush().await
             }
@@ -295,8 +298,12 @@ where
             Message::Text(text) => {
                 match serde_json::from_str::<ClientFrame>(&text) {
                     Ok(ClientFrame::Ping) => self.send_frame(&ServerFrame::Pong).await?,
-                    Ok(ClientFrame::Subscribe { channel, last_id }) => {
-                        self.subscribe(&channel, last_id.as_deref()).await?;
+                    Ok(ClientFrame::Subscribe {
+                        channel,
+                        last_id,
+                        rewind,
+                    }) => {
+                        self.subscribe(&channel, last_id.as_deref(), rewind).await?;
                     }
                     Ok(ClientFrame::Unsubscribe { channel }) => self.unsubscribe(&channel).await?,
                     Ok(ClientFrame::Refresh { token }) => self.refresh(token.expose()).await?,
@@ -332,7 +339,12 @@ where
         }
     }
 
-    async fn subscribe(&mut self, channel: &str, last_id: Option<&str>) -> SendResult {
+    async fn subscribe(
+        &mut self,
+        channel: &str,
+        last_id: Option<&str>,
+        rewind: Option<u64>,
+    ) -> SendResult {
         if let Err(problem) = check_channel(channel) {
             return self
                 .error(ErrorCode::BadChannel, problem, Some(channel))
@@ -388,7 +400,9 @@ where
                 },
             );
         }
-        match self.catch_up(channel, wanted, malformed).await {
+        // `last_id` wins; a malformed one is not replaced by the rewind.
+        let rewind = rewind.filter(|_| last_id.is_none());
+        match self.catch_up(channel, wanted, rewind, malformed).await {
             Ok(()) => Ok(()),
             Err(Failure::End(end)) => Err(end),
             Err(Failure::Store(e)) => {
@@ -407,16 +421,25 @@ where
         }
     }
 
-    /// Replay after `wanted` when the log still holds it, record the
-    /// position, and confirm with `subscribed`.
+    /// Replay after `wanted` (or the last `rewind`) when the log still
+    /// holds it, record the position, and confirm with `subscribed`.
     async fn catch_up(
         &mut self,
         channel: &str,
-        wanted: Option<(String, u64)>,
+        mut wanted: Option<(String, u64)>,
+        rewind: Option<u64>,
         malformed: bool,
     ) -> Result<(), Failure> {
         let store = self.shared.store.clone();
         let page_size = self.shared.config.replay_page;
+        if let Some(n) = rewind.filter(|n| *n > 0 && wanted.is_none()) {
+            // A rewind is a resume from `n` before the head, or from the
+            // oldest retained when the history is shorter: all of it, and
+            // still `recovered`, since nothing asked for is missing.
+            let head = store.read_after(channel, 0, 0).await?;
+            let after = head.last.saturating_sub(n).max(head.first.saturating_sub(1));
+            wanted = Some((head.epoch.to_string(), after));
+        }
         let after = wanted.as_ref().map_or(0, |w| w.1);
         let limit = if wanted.is_some() { page_size } else { 0 };
         let mut page = store.read_after(channel, after, limit).await?;

@@ -70,6 +70,8 @@ pub struct ConnectQuery {
     pub channels: Vec<String>,
     /// Resumes the first channel.
     pub last_id: Option<String>,
+    /// The last N of every channel without a `last_id`.
+    pub rewind: Option<u64>,
     /// `defaults=false`: join no default channel when none is named.
     pub defaults: bool,
 }
@@ -86,6 +88,7 @@ impl ConnectQuery {
         let mut channels = Vec::new();
         let mut seen = HashSet::new();
         let mut last_id = None;
+        let mut rewind = None;
         let mut defaults = true;
         for (key, value) in pairs {
             match key.as_str() {
@@ -98,6 +101,11 @@ impl ConnectQuery {
                     channels.push(value);
                 }
                 "last_id" => last_id = Some(value).filter(|v| !v.is_empty()),
+                "rewind" if !value.is_empty() => {
+                    rewind = Some(value.parse().map_err(|_| {
+                        format!("rewind must be a whole number, not {value:?}")
+                    })?);
+                }
                 "defaults" => {
                     defaults = match value.as_str() {
                         "true" => true,
@@ -111,6 +119,7 @@ impl ConnectQuery {
         Ok(Self {
             channels,
             last_id,
+            rewind,
             defaults,
         })
     }
@@ -139,12 +148,14 @@ impl ConnectQuery {
             (true, false) => Vec::new(),
         };
         let last_id = self.last_id;
+        let rewind = self.rewind;
         Ok(channels
             .into_iter()
             .enumerate()
             .map(|(i, channel)| Subscription {
                 channel,
                 last_id: if i == 0 { last_id.clone() } else { None },
+                rewind,
             })
             .collect())
     }

@@ -175,6 +175,38 @@ impl Store for MemoryStore {
         ready(Ok(page)).boxed()
     }
 
+    /// One lock for the range and the entries: the page is consistent.
+    fn read_before(
+        &self,
+        channel: &str,
+        before: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Page, StoreError>> {
+        let existing = self
+            .channels
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(channel)
+            .cloned();
+        let mut page = Page {
+            epoch: self.epoch.clone(),
+            first: 1,
+            last: 0,
+            entries: Vec::new(),
+        };
+        if let Some(log) = existing {
+            let log = log.lock().unwrap_or_else(|e| e.into_inner());
+            (page.first, page.last) = (log.first(), log.last);
+            let (start, end) = super::before_range(&page, before, limit);
+            if start < end {
+                let skip = usize::try_from(start - page.first).unwrap_or(usize::MAX);
+                let take = usize::try_from(end - start).unwrap_or(usize::MAX);
+                page.entries = log.entries.iter().skip(skip).take(take).cloned().collect();
+            }
+        }
+        ready(Ok(page)).boxed()
+    }
+
     /// Always ready: it lives in the process.
     fn readiness(&self) -> Result<(), String> {
         Ok(())

@@ -29,6 +29,7 @@ pub mod redis;
 use std::fmt;
 use std::sync::Arc;
 
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -265,6 +266,38 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         limit: usize,
     ) -> BoxFuture<'_, Result<Page, StoreError>>;
 
+    /// Up to `limit` notifications of `channel` with offsets below
+    /// `before` — the newest of them — oldest first, plus the channel's
+    /// epoch and retained range: paging back through history. A `before`
+    /// past the head (`u64::MAX`) reads the newest `limit`.
+    ///
+    /// Offsets are contiguous in the retained range, so the default reads
+    /// the head, then forwards from `before - limit`; two reads, each
+    /// consistent, and a notification appended or trimmed between them
+    /// is kept out (`offset < before`) or simply missing from the page's
+    /// oldest end, as a trim a moment earlier would have made it. A store
+    /// that can read both in one step overrides it.
+    fn read_before(
+        &self,
+        channel: &str,
+        before: u64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Page, StoreError>> {
+        let channel = channel.to_string();
+        async move {
+            let head = self.read_after(&channel, 0, 0).await?;
+            let (start, end) = before_range(&head, before, limit);
+            if start >= end {
+                return Ok(head);
+            }
+            let want = usize::try_from(end - start).unwrap_or(usize::MAX);
+            let mut page = self.read_after(&channel, start - 1, want).await?;
+            page.entries.retain(|d| d.offset < end);
+            Ok(page)
+        }
+        .boxed()
+    }
+
     /// Whether the store can take appends and serve reads now; if not, why
     /// (`/readyz` then answers 503 with the reason). Cheap and never
     /// waiting: it reports state the store keeps (the Redis store: whether
@@ -279,6 +312,16 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Flush and stop accepting appends (last step of shutdown).
     fn close(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// The offsets `start..end` a backwards read of `limit` below `before`
+/// covers, given the channel's retained range in `head` (empty when
+/// `start >= end`). `start` is at least 1.
+pub(crate) fn before_range(head: &Page, before: u64, limit: usize) -> (u64, u64) {
+    let end = before.min(head.last.saturating_add(1));
+    let limit = u64::try_from(limit).unwrap_or(u64::MAX);
+    let start = end.saturating_sub(limit).max(head.first).max(1);
+    (start, end)
 }
 
 /// A fresh epoch: 16 hex digits, no `-`, so `<epoch>-<offset>` splits at

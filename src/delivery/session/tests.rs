@@ -50,6 +50,7 @@ fn broadcast() -> Vec<Request> {
     vec![Request {
         channel: "broadcast".into(),
         last_id: None,
+        rewind: None,
     }]
 }
 
@@ -222,6 +223,7 @@ async fn a_notification_both_replayed_and_queued_is_sent_once() {
         vec![Request {
             channel: "c".into(),
             last_id: Some(format!("{epoch}-0")),
+            rewind: None,
         }],
         Principal::open(),
     ));
@@ -263,6 +265,7 @@ async fn a_session_that_ends_mid_replay_leaves_no_hub_subscription() {
         vec![Request {
             channel: "c".into(),
             last_id: Some(format!("{epoch}-0")),
+            rewind: None,
         }],
         Principal::open(),
     ));
@@ -294,6 +297,7 @@ async fn a_client_that_stops_reading_on_a_quiet_channel_is_dropped() {
         vec![Request {
             channel: "c".into(),
             last_id: Some(format!("{epoch}-0")),
+            rewind: None,
         }],
         Principal::open(),
     );
@@ -317,6 +321,7 @@ fn live_on_c() -> Vec<Request> {
     vec![Request {
         channel: "c".into(),
         last_id: None,
+        rewind: None,
     }]
 }
 

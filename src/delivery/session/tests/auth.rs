@@ -50,6 +50,7 @@ fn on(channel: &str) -> Vec<Request> {
     vec![Request {
         channel: channel.into(),
         last_id: None,
+        rewind: None,
     }]
 }
 
