@@ -156,6 +156,7 @@ fn client_frames_match_the_client_frame_schema() {
     for frame in [
         json!({"type": "subscribe", "channel": "user:1"}),
         json!({"type": "subscribe", "channel": "user:1", "last_id": "ab-3"}),
+        json!({"type": "subscribe", "channel": "user:1", "rewind": 20}),
         json!({"type": "unsubscribe", "channel": "user:1"}),
         json!({"type": "ping"}),
         json!({"type": "refresh", "token": "a.b.c"}),
@@ -164,6 +165,7 @@ fn client_frames_match_the_client_frame_schema() {
     }
     assert!(!v.is_valid(&json!({"type": "refresh"})));
     assert!(!v.is_valid(&json!({"type": "subscribe"})));
+    assert!(!v.is_valid(&json!({"type": "subscribe", "channel": "a", "rewind": -1})));
 }
 
 #[test]
@@ -308,4 +310,46 @@ async fn auth_frames_and_config_match_the_schemas() {
     assert!(!v.is_valid(&json!({"auth": {"algorithms": ["none"]}})));
     assert!(!v.is_valid(&json!({"auth": {"mode": "jwt", "secret": "x"}})));
     assert!(!v.is_valid(&json!({"sources": [{"kind": "http", "api_keys": ["md5:00"]}]})));
+}
+
+/// History API answers and refusals from a running server match
+/// `history.schema.json` and `refusal.schema.json`.
+#[tokio::test]
+async fn history_answers_and_refusals_match_their_schemas() {
+    let history = validator("schemas/history.schema.json");
+    let refusal = validator("schemas/refusal.schema.json");
+    let h = Herald::start_with(common::auth::jwt).await;
+    let token = common::auth::token_for("s", 300, json!({}));
+    h.publish("t", &json!({"user_id": "s", "type": "x", "title": "t"}))
+        .await;
+    let get = |path: String, token: Option<String>| {
+        let base = h.base.clone();
+        async move {
+            let mut req = reqwest::Client::new().get(format!("{base}{path}"));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let res = req.send().await.unwrap();
+            (res.status().as_u16(), res.json::<Value>().await.unwrap())
+        }
+    };
+    for path in ["", "?limit=1", "?after=abc-0", "?before=abc-9"] {
+        let (status, body) = get(
+            format!("/channels/user:s/notifications{path}"),
+            Some(token.clone()),
+        )
+        .await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_valid(&history, &body, "history answer");
+    }
+    for (path, token) in [
+        ("/channels/user:s/notifications?limit=0", Some(token.clone())),
+        ("/channels/user:s/notifications", None),
+        ("/channels/user:x/notifications", Some(token.clone())),
+    ] {
+        let (status, body) = get(path.into(), token).await;
+        assert!(status >= 400, "{path}");
+        assert_valid(&refusal, &body, "refusal");
+    }
+    h.stop().await;
 }

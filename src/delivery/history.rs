@@ -96,7 +96,9 @@ impl HistoryQuery {
                         .ok()
                         .filter(|n| (1..=MAX_LIMIT).contains(n))
                         .ok_or_else(|| {
-                            format!("limit must be a whole number from 1 to {MAX_LIMIT}, not {value:?}")
+                            format!(
+                                "limit must be a whole number from 1 to {MAX_LIMIT}, not {value:?}"
+                            )
                         })?;
                 }
                 _ => {}
@@ -245,8 +247,7 @@ async fn serve(
     let metrics = &shared.metrics;
     check_channel(channel).map_err(Refusal::bad_request)?;
     let history = HistoryQuery::parse(query).map_err(Refusal::bad_request)?;
-    let principal =
-        refusal::authenticate(&shared.auth, metrics, "history", query, headers).await?;
+    let principal = refusal::authenticate(&shared.auth, metrics, "history", query, headers).await?;
     refusal::authorize(&principal, metrics, "history", channel)?;
     read(shared.store.as_ref(), channel, &history)
         .await

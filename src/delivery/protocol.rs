@@ -242,10 +242,19 @@ mod tests {
         let f: ClientFrame =
             serde_json::from_str(r#"{"type":"subscribe","channel":"a","rewind":20}"#)
                 .expect("rewind");
-        assert!(matches!(f, ClientFrame::Subscribe { rewind: Some(20), .. }));
+        assert!(matches!(
+            f,
+            ClientFrame::Subscribe {
+                rewind: Some(20),
+                ..
+            }
+        ));
         for bad in [r#""rewind":-1"#, r#""rewind":1.5"#, r#""rewind":"20""#] {
             let text = format!(r#"{{"type":"subscribe","channel":"a",{bad}}}"#);
-            assert!(serde_json::from_str::<ClientFrame>(&text).is_err(), "{text}");
+            assert!(
+                serde_json::from_str::<ClientFrame>(&text).is_err(),
+                "{text}"
+            );
         }
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"dance"}"#).is_err());
     }

@@ -437,7 +437,10 @@ where
             // oldest retained when the history is shorter: all of it, and
             // still `recovered`, since nothing asked for is missing.
             let head = store.read_after(channel, 0, 0).await?;
-            let after = head.last.saturating_sub(n).max(head.first.saturating_sub(1));
+            let after = head
+                .last
+                .saturating_sub(n)
+                .max(head.first.saturating_sub(1));
             wanted = Some((head.epoch.to_string(), after));
         }
         let after = wanted.as_ref().map_or(0, |w| w.1);

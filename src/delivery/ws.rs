@@ -102,9 +102,10 @@ impl ConnectQuery {
                 }
                 "last_id" => last_id = Some(value).filter(|v| !v.is_empty()),
                 "rewind" if !value.is_empty() => {
-                    rewind = Some(value.parse().map_err(|_| {
-                        format!("rewind must be a whole number, not {value:?}")
-                    })?);
+                    rewind =
+                        Some(value.parse().map_err(|_| {
+                            format!("rewind must be a whole number, not {value:?}")
+                        })?);
                 }
                 "defaults" => {
                     defaults = match value.as_str() {

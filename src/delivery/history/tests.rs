@@ -45,7 +45,10 @@ fn queries_parse_and_bad_ones_say_why() {
         q("after=e1-5&limit=3&token=x").direction,
         Direction::After("e1".into(), 5)
     );
-    assert_eq!(q("before=e1-5").direction, Direction::Before("e1".into(), 5));
+    assert_eq!(
+        q("before=e1-5").direction,
+        Direction::Before("e1".into(), 5)
+    );
     assert_eq!(q("limit=1000").limit, 1000);
     for (bad, says) in [
         ("limit=0", "limit"),
@@ -78,7 +81,9 @@ async fn paging_forward_crosses_the_retention_boundary_honestly() {
     assert!(a.recovered && !a.more);
     assert_eq!(a.position, format!("{e}-10"));
     // At the head: nothing, still recovered, the position stays.
-    let a = read(&s, "c", &q(&format!("after={e}-10"))).await.expect("read");
+    let a = read(&s, "c", &q(&format!("after={e}-10")))
+        .await
+        .expect("read");
     assert!(a.entries.is_empty() && a.recovered && !a.more);
     assert_eq!(a.position, format!("{e}-10"));
     // 4 was trimmed: recovered false, from the oldest retained.
@@ -89,7 +94,9 @@ async fn paging_forward_crosses_the_retention_boundary_honestly() {
     assert!(!a.recovered && a.more);
     // Another epoch, or an id ahead of the head: the same.
     for id in ["other-7".to_string(), format!("{e}-11")] {
-        let a = read(&s, "c", &q(&format!("after={id}"))).await.expect("read");
+        let a = read(&s, "c", &q(&format!("after={id}")))
+            .await
+            .expect("read");
         assert_eq!(offsets(&a), [6, 7, 8, 9, 10], "{id}");
         assert!(!a.recovered, "{id}");
     }
@@ -113,10 +120,14 @@ async fn paging_back_reaches_the_oldest_retained_and_stops() {
     assert_eq!(offsets(&a), [6], "the retention boundary ends the page");
     assert!(a.recovered && !a.more);
     // Before the oldest retained: 5 was trimmed, so that is a gap.
-    let a = read(&s, "c", &q(&format!("before={e}-6"))).await.expect("read");
+    let a = read(&s, "c", &q(&format!("before={e}-6")))
+        .await
+        .expect("read");
     assert!(a.entries.is_empty() && !a.recovered && !a.more);
     // Another epoch: the newest, recovered false.
-    let a = read(&s, "c", &q("before=other-3&limit=3")).await.expect("read");
+    let a = read(&s, "c", &q("before=other-3&limit=3"))
+        .await
+        .expect("read");
     assert_eq!(offsets(&a), [8, 9, 10]);
     assert!(!a.recovered);
 }
@@ -129,7 +140,9 @@ async fn a_channel_nobody_wrote_to_is_an_empty_page() {
         assert!(a.entries.is_empty() && !a.more, "{query}");
         assert_eq!(a.position, format!("{e}-0"));
     }
-    let a = read(&s, "c", &q(&format!("after={e}-0"))).await.expect("read");
+    let a = read(&s, "c", &q(&format!("after={e}-0")))
+        .await
+        .expect("read");
     assert!(a.entries.is_empty() && a.recovered);
     let body: serde_json::Value = serde_json::from_str(&a.to_json()).expect("json");
     assert_eq!(
