@@ -343,7 +343,10 @@ async fn history_answers_and_refusals_match_their_schemas() {
         assert_valid(&history, &body, "history answer");
     }
     for (path, token) in [
-        ("/channels/user:s/notifications?limit=0", Some(token.clone())),
+        (
+            "/channels/user:s/notifications?limit=0",
+            Some(token.clone()),
+        ),
         ("/channels/user:s/notifications", None),
         ("/channels/user:x/notifications", Some(token.clone())),
     ] {
