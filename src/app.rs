@@ -242,24 +242,23 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         None => r,
     });
 
-    let header_timeout = Duration::from_millis(config.server.handshake_timeout_ms);
     let drain = Duration::from_millis(config.server.shutdown_timeout_ms);
     let server = tokio::spawn(crate::server::serve(
         listener,
         router,
         http_stop.clone(),
-        header_timeout,
-        drain,
+        listener_edge(&config, &metrics),
     ));
     let (admin_server, admin_addr) = match (admin_listener, admin_router) {
         (Some((listener, bound)), Some(router)) => {
             tracing::info!(addr = %bound, "admin endpoints listening");
+            // Caps of its own: a flood on the public listener leaves
+            // /metrics and /readyz reachable.
             let task = tokio::spawn(crate::server::serve(
                 listener,
                 router,
                 http_stop.clone(),
-                header_timeout,
-                drain,
+                listener_edge(&config, &metrics),
             ));
             (Some(task), Some(bound))
         }
@@ -372,8 +371,24 @@ fn router(
     router
 }
 
-/// Wrap `router` (all its routes) in the Origin and Host checks of a
-/// listener bound to `addr`. The lists were checked by `Config::validate`.
+/// A listener's connection caps and timeouts.
+fn listener_edge(config: &Config, metrics: &Arc<Metrics>) -> crate::server::Edge {
+    let server = &config.server;
+    crate::server::Edge {
+        limits: crate::edge::limits::Limits::new(
+            server.max_http_connections,
+            server.max_connections_per_ip,
+            server.connect_rate_per_ip,
+            metrics.clone(),
+        ),
+        header_timeout: Duration::from_millis(server.handshake_timeout_ms),
+        drain: Duration::from_millis(server.shutdown_timeout_ms),
+    }
+}
+
+/// Wrap `router` (all its routes) in the edge's checks for a listener
+/// bound to `addr`: caps and request deadlines, then Origin and Host. The
+/// lists were checked by `Config::validate`.
 fn edge_checks(
     router: Router,
     addr: SocketAddr,
@@ -393,10 +408,16 @@ fn edge_checks(
         crate::edge::origin::Policy::new(addr, Some(&[]), Some(&[]))
             .expect("empty lists always compile")
     });
-    router.layer(axum::middleware::from_fn_with_state(
-        (Arc::new(policy), metrics.clone()),
-        crate::edge::origin::guard,
-    ))
+    let request_timeout = Duration::from_millis(server.request_timeout_ms);
+    router
+        .layer(axum::middleware::from_fn_with_state(
+            (Arc::new(policy), metrics.clone()),
+            crate::edge::origin::guard,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            (request_timeout, metrics.clone()),
+            crate::edge::limits::guard,
+        ))
 }
 
 /// Say at start what is open to whoever reaches the listener.

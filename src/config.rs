@@ -78,6 +78,18 @@ pub struct ServerConfig {
     /// seconds and is closed with 4008, instead of hiding for minutes in a
     /// send buffer autotuned to megabytes.
     pub send_buffer_bytes: usize,
+    /// Time a request has to send its body after its head; slower ones
+    /// are answered 408 and closed.
+    pub request_timeout_ms: u64,
+    /// Most accepted connections at once, HTTP and WebSocket together;
+    /// more are closed at once. Keep it under the open-files limit.
+    pub max_http_connections: usize,
+    /// Most connections from one IP address; more are answered 429 (HTTP)
+    /// or closed with 1013 (WebSocket). 0: no limit.
+    pub max_connections_per_ip: usize,
+    /// New connections per second from one IP address (a token bucket with
+    /// one second of burst); faster ones get 429 / 1013. 0: no limit.
+    pub connect_rate_per_ip: u32,
     /// Origins (`scheme://host[:port]`, globs allowed, `"*"` for all,
     /// `"null"` for `file://` pages) whose browsers may connect, besides
     /// the same origin. Unset: the loopback origins. See `edge::origin`.
@@ -100,6 +112,10 @@ impl Default for ServerConfig {
             // Linux doubles it (bookkeeping): 256 KiB of socket memory, a
             // throughput cap of ~2.5 MB/s per client at 100 ms round trip.
             send_buffer_bytes: 128 * 1024,
+            request_timeout_ms: 30_000,
+            max_http_connections: 20_000,
+            max_connections_per_ip: 1000,
+            connect_rate_per_ip: 0,
             allowed_origins: None,
             allowed_hosts: None,
         }
@@ -418,6 +434,14 @@ impl Config {
     pub fn validate(&self) -> Result<(), (String, String)> {
         let positive = [
             ("server.max_connections", self.server.max_connections),
+            (
+                "server.max_http_connections",
+                self.server.max_http_connections,
+            ),
+            (
+                "server.request_timeout_ms",
+                usize::try_from(self.server.request_timeout_ms).unwrap_or(usize::MAX),
+            ),
             (
                 "rules.max_notification_bytes",
                 self.rules.max_notification_bytes,

@@ -1,14 +1,16 @@
 //! The HTTP accept loop.
 //!
 //! hyper's HTTP/1 server with upgrades, driven directly rather than through
-//! `axum::serve`, for three things a bridge needs: a time limit on the
-//! request head (slow-loris handshakes), accept errors that back off instead
-//! of spinning or ending the server (EMFILE at the open-files cap), and a
-//! graceful stop that lets in-flight requests (ingest waiting for its
-//! append) finish.
+//! `axum::serve`, for what a bridge needs: connection caps checked at
+//! accept ([`crate::edge::limits`]), a time limit on the request head
+//! (slow-loris handshakes), accept errors that back off instead of spinning
+//! or ending the server (EMFILE at the open-files cap), and a graceful stop
+//! that lets in-flight requests (ingest waiting for its append) finish
+//! within the drain time and then drops them.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -20,6 +22,8 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use crate::edge::limits::{Admission, Limits, Tracked};
 
 /// Accept queue length asked of the kernel (which caps it at
 /// `net.core.somaxconn`, 4096 by default).
@@ -48,17 +52,23 @@ pub async fn bind(addr: SocketAddr, send_buffer: usize) -> io::Result<TcpListene
     socket.listen(ACCEPT_BACKLOG)
 }
 
+/// How a listener treats its connections.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    pub limits: Arc<Limits>,
+    /// Time a client has to send a request head.
+    pub header_timeout: Duration,
+    /// Time shutdown waits for requests in flight; then they are dropped.
+    pub drain: Duration,
+}
+
 /// Serve `router` on `listener` until `stop` is cancelled, then wait up to
-/// `drain` for in-flight requests. Upgraded WebSocket connections are owned
-/// by their sessions and not waited for here.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    stop: CancellationToken,
-    header_timeout: Duration,
-    drain: Duration,
-) {
+/// `drain` for in-flight requests and drop those still running (a stalled
+/// upload never holds the shutdown). Upgraded WebSocket connections are
+/// owned by their sessions and not waited for here.
+pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToken, edge: Edge) {
     let connections = TaskTracker::new();
+    let force = CancellationToken::new();
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -82,18 +92,28 @@ pub async fn serve(
                 continue;
             }
         };
+        let (ticket, limited) = match edge.limits.admit(peer.ip()) {
+            Admission::Admitted(ticket) => (ticket, None),
+            Admission::Limited(ticket, limit) => (ticket, Some(limit)),
+            // Closed before a byte is read: the cheapest refusal.
+            Admission::Refused => continue,
+        };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(
-            router
-                .clone()
-                .map_request(|req: hyper::Request<Incoming>| req.map(axum::body::Body::new)),
-        );
+        let (io, connection) = Tracked::new(stream, ticket, peer, limited);
+        let service = TowerToHyperService::new(router.clone().map_request(
+            move |req: hyper::Request<Incoming>| {
+                let mut req = req.map(axum::body::Body::new);
+                req.extensions_mut().insert(connection.clone());
+                req
+            },
+        ));
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .serve_connection(TokioIo::new(stream), service)
+            .header_read_timeout(edge.header_timeout)
+            .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         let stop = stop.clone();
+        let force = force.clone();
         connections.spawn(async move {
             tokio::pin!(conn);
             let result = tokio::select! {
@@ -102,7 +122,11 @@ pub async fn serve(
                     // Finish the request in flight, then close; an
                     // upgraded connection has already left hyper.
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    tokio::select! {
+                        result = conn => result,
+                        // Past the drain: dropped with its socket.
+                        () = force.cancelled() => return,
+                    }
                 }
             };
             if let Err(e) = result {
@@ -112,13 +136,16 @@ pub async fn serve(
     }
     drop(listener);
     connections.close();
-    if tokio::time::timeout(drain, connections.wait())
+    if tokio::time::timeout(edge.drain, connections.wait())
         .await
         .is_err()
     {
         tracing::warn!(
-            drain_ms = drain.as_millis() as u64,
-            "HTTP requests still running at shutdown"
+            drain_ms = edge.drain.as_millis() as u64,
+            open = connections.len(),
+            "HTTP requests still running at shutdown; closing them"
         );
+        force.cancel();
+        connections.wait().await;
     }
 }

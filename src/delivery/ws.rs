@@ -254,7 +254,17 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         return plain(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key\n");
     };
     let accept = derive_accept_key(key.as_bytes());
-    let permit = gw.connections.clone().try_acquire_owned().ok();
+    // A connection over a per-address limit is answered here, as the
+    // session limit is: upgraded, then closed with 1013.
+    let limited = req
+        .extensions()
+        .get::<crate::edge::limits::Connection>()
+        .is_some_and(|c| c.limited.is_some());
+    let permit = if limited {
+        None
+    } else {
+        gw.connections.clone().try_acquire_owned().ok()
+    };
     let admitted = admit(&gw, req.uri().query(), req.headers(), permit.is_some()).await;
     let on_upgrade = hyper::upgrade::on(&mut req);
     let config = gw.ws_config();

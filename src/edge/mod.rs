@@ -3,6 +3,8 @@
 //!
 //! - [`origin`]: the `Origin` and `Host` checks (cross-site WebSocket
 //!   hijacking, DNS rebinding), answered 403 / 421 before any upgrade;
+//! - [`limits`]: connection caps (total, per address, rate per address)
+//!   and request deadlines (408, early 413 with a lingering close);
 //!
 //! The accept loop itself is [`crate::server`]; it asks this module.
 //!
@@ -10,10 +12,12 @@
 //! and answered with a status and a short body that names the problem and
 //! the setting, never an internal error text.
 
+pub mod limits;
 pub mod origin;
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 type Labels = Vec<(&'static str, String)>;
@@ -22,8 +26,11 @@ type Labels = Vec<(&'static str, String)>;
 #[derive(Debug, Default)]
 pub struct EdgeMetrics {
     /// Requests and connections refused at the edge, by reason (`origin`,
-    /// `host`, ...).
+    /// `host`, `connections`, `connections_per_ip`, `rate`, `timeout`,
+    /// `too_large`).
     pub refused: Family<Labels, Counter>,
+    /// Accepted connections open now (HTTP and WebSocket), every listener.
+    pub connections: Gauge,
 }
 
 impl EdgeMetrics {
@@ -34,6 +41,11 @@ impl EdgeMetrics {
             "refused",
             "Requests and connections refused before a route, by reason",
             m.refused.clone(),
+        );
+        r.register(
+            "connections",
+            "Accepted connections open now, HTTP and WebSocket",
+            m.connections.clone(),
         );
         m
     }

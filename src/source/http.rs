@@ -22,9 +22,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -35,6 +34,7 @@ use serde_json::{Value, json};
 
 use super::{Source, SourceContext, SourceError};
 use crate::auth::api_keys::{ApiKeyEntry, ApiKeys};
+use crate::edge::limits::Connection;
 use crate::event::{Event, Meta, SourceKind};
 use crate::pipeline::{Pipeline, Rejection};
 use crate::store::Fence;
@@ -148,6 +148,18 @@ struct Ingest {
     max_events: usize,
 }
 
+/// Whether reading a body failed on its size limit.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
@@ -155,8 +167,9 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 async fn ingest(
     State(ingest): State<Ingest>,
     Path(topic): Path<String>,
+    connection: Option<Extension<Connection>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let pipeline = &ingest.pipeline;
     if let Some(keys) = &ingest.keys {
@@ -186,14 +199,40 @@ async fn ingest(
     // The topic's length keeps `topic` + `key` unambiguous (both may
     // contain `:`), so two producers' keys never collide.
     let position = format!("http:{}:{topic}:{request}", topic.len());
+    // A Content-Length over the limit is answered before the body is read
+    // (the connection then lingers, so the client reads the 413); a longer
+    // chunked body when the limit is reached.
+    let announced_over = crate::edge::limits::content_length_over(
+        &headers,
+        ingest.max_body_bytes,
+        connection.as_ref().map(|c| &c.0),
+    );
+    let body = if announced_over {
+        Err(None)
+    } else {
+        axum::body::to_bytes(body, ingest.max_body_bytes)
+            .await
+            .map_err(Some)
+    };
     let body = match body {
         Ok(body) => body,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+        Err(e) if e.as_ref().is_none_or(is_length_limit) => {
             let detail = format!("body larger than {} bytes", ingest.max_body_bytes);
             pipeline.reject("http", &position, Rejection::TooLarge, &detail);
-            return error(StatusCode::PAYLOAD_TOO_LARGE, detail);
+            let mut response = error(StatusCode::PAYLOAD_TOO_LARGE, detail);
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return response;
         }
-        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+        // Cut off (the request deadline) or reset by the client.
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
+        }
     };
     let payloads = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(o)) => vec![Value::Object(o)],
