@@ -119,6 +119,9 @@ impl Server {
                 cmd.env("HERALD_SERVER__LISTEN", addr.to_string());
                 // The process holds at most 20000 open files here.
                 cmd.env("HERALD_SERVER__MAX_CONNECTIONS", "19900");
+                cmd.env("HERALD_SERVER__MAX_HTTP_CONNECTIONS", "19950");
+                // Every simulated client comes from 127.0.0.1.
+                cmd.env("HERALD_SERVER__MAX_CONNECTIONS_PER_IP", "0");
                 cmd.env_remove("RUST_LOG");
                 cmd.env("HERALD_LOG__LEVEL", "warn");
             }
