@@ -29,6 +29,7 @@
 //! - [`config`]: defaults → TOML file → `HERALD_*` environment;
 //! - [`metrics`]: every counter in one place;
 //! - [`clock`]: wall-clock helpers;
+//! - [`throttle`]: detail log lines sampled per key under a flood;
 //! - [`tail`]: `herald tail`, a small client for trying herald.
 
 pub mod admin;
@@ -46,3 +47,4 @@ pub mod server;
 pub mod source;
 pub mod store;
 pub mod tail;
+pub mod throttle;

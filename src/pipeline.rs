@@ -13,6 +13,10 @@
 //!
 //! Rules are swapped atomically: an event is evaluated entirely by one rules
 //! version.
+//!
+//! Rule failures and rejections are counted exactly; their log lines are
+//! sampled per rule and per reason ([`crate::throttle`]), so one flood of
+//! bad events cannot flood the log.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,6 +29,7 @@ use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::rules::{RuleFailure, Rules};
 use crate::store::{Fence, NewNotification, Store, StoreError};
+use crate::throttle::Throttle;
 
 /// Why an event produced nothing; a source dead-letters these where it can.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +74,8 @@ pub struct Pipeline {
     /// Largest serialized notification; larger ones fail their rule. Every
     /// session must be able to write one, and every client to receive it.
     max_notification_bytes: usize,
+    /// Detail lines of rule failures and rejections, per rule / reason.
+    throttle: Throttle,
 }
 
 impl Pipeline {
@@ -83,6 +90,7 @@ impl Pipeline {
             store,
             metrics,
             max_notification_bytes,
+            throttle: Throttle::default(),
         }
     }
 
@@ -104,13 +112,17 @@ impl Pipeline {
     pub fn reject(&self, event_source: &str, position: &str, rejection: Rejection, detail: &str) {
         self.metrics.event(event_source);
         self.metrics.rejected(event_source, rejection.as_str());
-        tracing::warn!(
-            source = event_source,
-            position,
-            reason = rejection.as_str(),
-            detail,
-            "event rejected"
-        );
+        let key = format!("reject:{event_source}:{}", rejection.as_str());
+        if let Some(suppressed) = self.throttle.allow(&key) {
+            tracing::warn!(
+                source = event_source,
+                position,
+                reason = rejection.as_str(),
+                detail,
+                suppressed,
+                "event rejected"
+            );
+        }
     }
 
     /// Evaluate `event` and start appending its notifications. The returned
@@ -194,8 +206,14 @@ impl Pipeline {
     fn report_failures(&self, event: &Event, failures: &[RuleFailure]) {
         for f in failures {
             self.metrics.rule_failed(&f.rule);
+            // Sampled per rule (the counter above is exact); `suppressed`
+            // says how many lines of this rule were held back before it.
+            let Some(suppressed) = self.throttle.allow(&format!("rule:{}", f.rule)) else {
+                continue;
+            };
             tracing::warn!(
                 rule = %f.rule,
+                suppressed,
                 field = %f.field,
                 item = f.index,
                 source = event.meta.source.as_str(),

@@ -434,3 +434,40 @@ async fn connecting_faster_than_the_rate_per_address_gets_429() {
     assert_eq!(status, 200);
     herald.stop().await;
 }
+
+/// One POST of 10,000 events that all fail the same rule (a channel name
+/// with a space): a handful of log lines, the counter exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_failing_events_write_a_handful_of_log_lines() {
+    let herald = common::process::Process::start("");
+    let events: Vec<_> = (0..10_000)
+        .map(|i| serde_json::json!({"type": "x", "channel": format!("bad channel {i}")}))
+        .collect();
+    let res = reqwest::Client::new()
+        .post(format!("{}/events/orders", herald.base()))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let answer: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(answer["failed_rules"], 10_000, "{answer}");
+    assert_eq!(
+        herald
+            .metric("herald_rule_failures_total{rule=\"default\"}")
+            .await,
+        10_000.0
+    );
+    let log = herald.log();
+    let details = log.lines().filter(|l| l.contains("rule failed")).count();
+    let summaries = log
+        .lines()
+        .filter(|l| l.contains("ingest request: rules failed"))
+        .count();
+    assert!((1..=5).contains(&details), "{details} detail lines:\n{log}");
+    assert_eq!(summaries, 1, "{log}");
+    let summary = log.lines().find(|l| l.contains("ingest request")).unwrap();
+    assert!(summary.contains("failed_rules=10000"), "{summary}");
+    assert!(summary.contains("rule=default"), "{summary}");
+    assert!(log.len() < 20_000, "{} bytes of log", log.len());
+}

@@ -284,12 +284,16 @@ async fn ingest(
         pending.push(pipeline.submit(&Event { payload, meta }, Some(&fence)));
     }
     let mut totals = (0, 0, 0);
+    let mut first_failure = None;
     for p in pending {
         match p.await {
-            Ok(done) => {
+            Ok(mut done) => {
                 totals.0 += done.appended;
                 totals.1 += done.duplicates;
                 totals.2 += done.failures.len();
+                if first_failure.is_none() && !done.failures.is_empty() {
+                    first_failure = Some(done.failures.swap_remove(0));
+                }
             }
             Err(e) => {
                 // The store's error text is for the operator, not the
@@ -301,6 +305,19 @@ async fn ingest(
                 );
             }
         }
+    }
+    if let Some(first) = first_failure {
+        // One line per request, whatever the number of failures (the
+        // per-rule lines are sampled).
+        tracing::warn!(
+            topic,
+            events = count,
+            failed_rules = totals.2,
+            rule = %first.rule,
+            field = %first.field,
+            error = %first.message,
+            "ingest request: rules failed; first failure shown"
+        );
     }
     (
         StatusCode::ACCEPTED,
