@@ -245,6 +245,12 @@ pub struct DeliveryConfig {
     /// A session whose pong has not arrived this long after a ping is closed
     /// with 4009.
     pub pong_timeout_ms: u64,
+    /// Interval of the comment heartbeat on a Server-Sent Events stream
+    /// (proxies close idle responses; clients watch for bytes).
+    pub sse_heartbeat_ms: u64,
+    /// The `retry:` hint of a Server-Sent Events stream: how long a browser's
+    /// `EventSource` waits before it reconnects.
+    pub sse_retry_ms: u64,
     /// Largest client message (and frame) accepted; larger ones close the
     /// session with 1009.
     pub max_message_bytes: usize,
@@ -364,6 +370,8 @@ impl Default for DeliveryConfig {
             queue_capacity: 1024,
             ping_interval_ms: 25_000,
             pong_timeout_ms: 20_000,
+            sse_heartbeat_ms: 15_000,
+            sse_retry_ms: 3_000,
             max_message_bytes: 64 * 1024,
             max_subscriptions: 64,
             replay_page: 1000,
@@ -479,6 +487,12 @@ impl Config {
             return Err((
                 "delivery.ping_interval_ms".into(),
                 "ping interval and pong timeout must be greater than 0".into(),
+            ));
+        }
+        if self.delivery.sse_heartbeat_ms == 0 {
+            return Err((
+                "delivery.sse_heartbeat_ms".into(),
+                "must be greater than 0".into(),
             ));
         }
         self.server.validate()?;

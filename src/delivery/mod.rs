@@ -3,6 +3,8 @@
 //! - [`hub`]: channel → live sessions, fan-out of shared frames;
 //! - [`session`]: one client's subscriptions, replay and live stream;
 //! - [`ws`]: the WebSocket gateway at `GET /notifications`;
+//! - [`sse`]: Server-Sent Events on the same path (`Accept:
+//!   text/event-stream`), a session over an SSE body;
 //! - [`history`]: the history API, `GET /channels/{channel}/notifications`;
 //! - [`refusal`]: how the HTTP gateways refuse (status + close code);
 //! - [`protocol`]: frames, error codes and close codes;
@@ -15,6 +17,7 @@ pub mod hub;
 pub mod protocol;
 pub mod refusal;
 pub mod session;
+pub mod sse;
 pub mod ws;
 
 /// The demo page served at `/`.

@@ -231,9 +231,13 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
     if !header_has(headers, header::UPGRADE, "websocket")
         || !header_has(headers, header::CONNECTION, "upgrade")
     {
+        if super::sse::wants_event_stream(headers) {
+            return super::sse::serve(gw, req).await;
+        }
         let mut r = plain(
             StatusCode::UPGRADE_REQUIRED,
-            "this endpoint speaks WebSocket; connect with a WebSocket client\n",
+            "this endpoint speaks WebSocket, or Server-Sent Events with \
+             Accept: text/event-stream\n",
         );
         r.headers_mut()
             .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
