@@ -146,8 +146,8 @@ async fn admit(
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let resume =
-        Resume::parse(connect.last_id.take().or(last_event_id).as_deref()).map_err(Refusal::bad_request)?;
+    let resume = Resume::parse(connect.last_id.take().or(last_event_id).as_deref())
+        .map_err(Refusal::bad_request)?;
     let principal = refusal::authenticate(&shared.auth, metrics, "sse", query, headers).await?;
     let mut requests = connect
         .requests(&principal, &config.default_channels)
@@ -171,7 +171,9 @@ async fn admit(
 /// `GET /notifications` with `Accept: text/event-stream`.
 pub async fn serve(gw: Arc<Gateway>, req: Request) -> Response {
     let Ok(permit) = gw.connections.clone().try_acquire_owned() else {
-        gw.shared.metrics.session_closed(CloseCode::Overloaded.reason());
+        gw.shared
+            .metrics
+            .session_closed(CloseCode::Overloaded.reason());
         return Refusal::unavailable("too many connections; retry later").into_response();
     };
     let (principal, requests) = match admit(&gw, req.uri().query(), req.headers()).await {
@@ -206,7 +208,9 @@ pub async fn serve(gw: Arc<Gateway>, req: Request) -> Response {
         drop(permit);
     });
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (Ok::<_, Infallible>(chunk), rx))
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, Infallible>(chunk), rx))
     });
     (
         [

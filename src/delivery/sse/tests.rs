@@ -6,7 +6,14 @@ use crate::store::Delivery;
 
 fn frame(channel: &str, offset: u64) -> Message {
     let json = serde_json::to_string(channel).expect("json");
-    let d = Delivery::build(channel.into(), &json, "ep".into(), offset, 0, "\"title\":\"t\"");
+    let d = Delivery::build(
+        channel.into(),
+        &json,
+        "ep".into(),
+        offset,
+        0,
+        "\"title\":\"t\"",
+    );
     Message::Text(d.frame)
 }
 
@@ -47,7 +54,10 @@ fn the_client_cursor_decodes() {
 fn accept_headers() {
     let mut h = HeaderMap::new();
     assert!(!wants_event_stream(&h));
-    h.insert(header::ACCEPT, "text/html, Text/Event-Stream;q=0.9".parse().expect("value"));
+    h.insert(
+        header::ACCEPT,
+        "text/html, Text/Event-Stream;q=0.9".parse().expect("value"),
+    );
     assert!(wants_event_stream(&h));
     h.insert(header::ACCEPT, "*/*".parse().expect("value"));
     assert!(!wants_event_stream(&h));
@@ -63,7 +73,10 @@ async fn one_channel_gets_plain_ids_after_the_data() {
     let (retry, event) = out.split_once("\n\n").expect("two blocks");
     assert_eq!(retry, "retry: 3000");
     let lines: Vec<_> = event.lines().collect();
-    assert!(lines[0].starts_with("data: {\"type\":\"notification\""), "{out}");
+    assert!(
+        lines[0].starts_with("data: {\"type\":\"notification\""),
+        "{out}"
+    );
     assert_eq!(lines[1], "id: ep-7");
     assert!(out.ends_with("\n\n"));
 }
@@ -72,10 +85,15 @@ async fn one_channel_gets_plain_ids_after_the_data() {
 async fn several_channels_get_a_cursor_of_every_position() {
     let (tx, mut rx) = mpsc::channel(4);
     let mut s = SseSocket::new(tx, false, 16 * 1024, 3000);
-    let subscribed = r#"{"type":"subscribed","channel":"b","replayed":0,"recovered":true,"position":"ep-2"}"#;
-    s.feed(Message::Text(subscribed.into())).await.expect("feed");
+    let subscribed =
+        r#"{"type":"subscribed","channel":"b","replayed":0,"recovered":true,"position":"ep-2"}"#;
+    s.feed(Message::Text(subscribed.into()))
+        .await
+        .expect("feed");
     s.feed(frame("a \"q\"", 5)).await.expect("feed");
-    s.send(Message::Text(r#"{"type":"pong"}"#.into())).await.expect("send");
+    s.send(Message::Text(r#"{"type":"pong"}"#.into()))
+        .await
+        .expect("send");
     let out = text(&mut rx).await;
     let ids: Vec<_> = out.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
     assert_eq!(ids.len(), 2, "{out}");
@@ -89,14 +107,19 @@ async fn several_channels_get_a_cursor_of_every_position() {
             ("b".to_string(), "ep-2".to_string())
         ])
     );
-    assert!(out.ends_with("data: {\"type\":\"pong\"}\n\n"), "no id on other frames");
+    assert!(
+        out.ends_with("data: {\"type\":\"pong\"}\n\n"),
+        "no id on other frames"
+    );
 }
 
 #[tokio::test]
 async fn pings_are_heartbeats_answered_at_once_and_a_close_is_an_event() {
     let (tx, mut rx) = mpsc::channel(4);
     let mut s = SseSocket::new(tx, true, 16 * 1024, 3000);
-    s.send(Message::Ping(Default::default())).await.expect("ping");
+    s.send(Message::Ping(Default::default()))
+        .await
+        .expect("ping");
     assert!(matches!(s.next().await, Some(Ok(Message::Pong(_)))));
     assert!(text(&mut rx).await.ends_with(": heartbeat\n\n"));
     let close = CloseFrame {
