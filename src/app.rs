@@ -221,6 +221,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         connections: Arc::new(Semaphore::new(config.server.max_connections)),
         max_notification_bytes: config.rules.max_notification_bytes,
         sessions: TaskTracker::new(),
+        streams_stop: http_stop.clone(),
     });
     let admin = crate::admin::routes(
         crate::admin::Admin {

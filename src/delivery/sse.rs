@@ -194,7 +194,7 @@ pub async fn serve(gw: Arc<Gateway>, req: Request) -> Response {
         metrics: base.metrics.clone(),
         config,
         auth: base.auth.clone(),
-        shutdown: base.shutdown.clone(),
+        shutdown: gw.streams_stop.clone(),
     });
     let (tx, rx) = mpsc::channel(BODY_CHUNKS);
     let socket = SseSocket::new(

@@ -43,6 +43,10 @@ pub struct Gateway {
     pub sessions: TaskTracker,
     /// `rules.max_notification_bytes`: the write buffer must hold one.
     pub max_notification_bytes: usize,
+    /// Cancelled when the HTTP listener stops. Server-Sent Events streams
+    /// are HTTP responses the listener's drain waits for, so they end
+    /// (1001) then, not with the upgraded sessions after it.
+    pub streams_stop: tokio_util::sync::CancellationToken,
 }
 
 impl Gateway {
