@@ -126,12 +126,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         version = rules.content_id(),
         "rules loaded"
     );
-    let pipeline = Arc::new(Pipeline::new(
-        rules,
-        store.clone(),
-        metrics.clone(),
-        config.rules.max_notification_bytes,
-    ));
+    let pipeline = Arc::new(
+        Pipeline::new(
+            rules,
+            store.clone(),
+            metrics.clone(),
+            config.rules.max_notification_bytes,
+        )
+        .with_recorder(crate::recorder::Recorder::new(&config.recorder)),
+    );
     let versions = Versions::start(
         version_store,
         pipeline.clone(),
@@ -229,6 +232,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             store: store.clone(),
             metrics: metrics.clone(),
             versions: versions.clone(),
+            recorder: pipeline.recorder().cloned(),
         },
         admin_token.clone(),
     );

@@ -40,6 +40,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// The admin token and listener.
     pub admin: AdminConfig,
+    /// The traffic recorder behind `/admin/events` and explain.
+    pub recorder: crate::recorder::RecorderConfig,
     /// Event sources. A file that lists `[[sources]]` replaces the default
     /// (one HTTP source); it does not add to it.
     pub sources: Vec<SourceConfig>,
@@ -55,6 +57,7 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             auth: AuthConfig::default(),
             admin: AdminConfig::default(),
+            recorder: crate::recorder::RecorderConfig::default(),
             sources: vec![SourceConfig::default_http()],
         }
     }

@@ -52,7 +52,7 @@ impl std::str::FromStr for SourceKind {
 
 /// Where an event came from, as rules see it under `meta`. Fields a source
 /// does not have are `null` (so `meta.partition is none` works in rules).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
     pub source: SourceKind,
     /// HTTP path topic, Kafka topic, or AMQP routing key.

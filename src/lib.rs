@@ -25,7 +25,9 @@
 //! - [`server`]: the HTTP accept loop;
 //! - [`edge`]: what every connection and request passes first (Origin and
 //!   Host checks, limits);
-//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`;
+//! - [`admin`]: `/healthz`, `/readyz`, `/metrics`, `/admin/*` (rules
+//!   versions, recorded events, explain);
+//! - [`recorder`]: the last events and what became of them;
 //! - [`config`]: defaults → TOML file → `HERALD_*` environment;
 //! - [`metrics`]: every counter in one place;
 //! - [`clock`]: wall-clock helpers;
@@ -42,6 +44,7 @@ pub mod edge;
 pub mod event;
 pub mod metrics;
 pub mod pipeline;
+pub mod recorder;
 pub mod rules;
 pub mod server;
 pub mod source;

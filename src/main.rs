@@ -1,5 +1,5 @@
 //! The `herald` command: `serve` (the default), `tail`, `rules check`,
-//! `rules test`, `keys new`, `keys digest`, `token`.
+//! `rules test`, `rules record`, `rules diff`, `keys new`, `keys digest`, `token`.
 //!
 //! Exit statuses are the same for every command ([`EXIT_STATUSES`], also
 //! in `--help` and the README): 1 when a check failed or the environment
@@ -146,6 +146,25 @@ enum RulesCommand {
         #[arg(long, default_value = "test")]
         topic: String,
     },
+    /// Save the events a running herald recorded (and what became of
+    /// them), one JSON object per line, for `rules diff --events`.
+    Record {
+        /// The admin endpoint's base URL ([admin] listen, or the server's).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        admin: String,
+        /// The file to write (`-`: standard output).
+        #[arg(long, short)]
+        out: PathBuf,
+        /// The admin token, when [admin] token is set.
+        #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Only events on this topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only events that reached this channel.
+        #[arg(long)]
+        channel: Option<String>,
+    },
 }
 
 /// mimalloc rather than glibc's malloc: herald allocates on the runtime's
@@ -183,6 +202,24 @@ fn main() -> ExitCode {
                     topic,
                 },
         } => rules_test(&file, &event, source, &topic),
+        Command::Rules {
+            command:
+                RulesCommand::Record {
+                    admin,
+                    out,
+                    token,
+                    topic,
+                    channel,
+                },
+        } => rules_record(
+            herald::admin::client::RecordRequest {
+                admin,
+                token,
+                topic,
+                channel,
+            },
+            &out,
+        ),
         Command::Keys {
             command: KeysCommand::New,
         } => keys_new(),
@@ -304,6 +341,44 @@ fn serve(config_path: Option<&Path>) -> ExitCode {
         running.wait().await;
         ExitCode::SUCCESS
     })
+}
+
+fn rules_record(request: herald::admin::client::RecordRequest, out: &Path) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("herald rules record: cannot start the runtime: {e}");
+            return ExitCode::from(FAILED);
+        }
+    };
+    let mut file: Box<dyn std::io::Write> = if out == Path::new("-") {
+        Box::new(std::io::stdout().lock())
+    } else {
+        match std::fs::File::create(out) {
+            Ok(f) => Box::new(std::io::BufWriter::new(f)),
+            Err(e) => {
+                eprintln!("herald rules record: {}: {e}", out.display());
+                return ExitCode::from(USAGE);
+            }
+        }
+    };
+    let result = runtime.block_on(herald::admin::client::record(&request, &mut *file));
+    match result.and_then(|n| file.flush().map(|()| n).map_err(|e| e.to_string())) {
+        Ok(n) => {
+            eprintln!(
+                "herald rules record: {n} events written to {}",
+                out.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald rules record: {e}");
+            ExitCode::from(FAILED)
+        }
+    }
 }
 
 fn tail(tail: herald::tail::Tail) -> ExitCode {

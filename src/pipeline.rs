@@ -27,6 +27,7 @@ use futures_util::FutureExt;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
+use crate::recorder::Recorder;
 use crate::rules::{RuleFailure, Rules};
 use crate::store::{Fence, NewNotification, Store, StoreError};
 use crate::throttle::Throttle;
@@ -76,6 +77,8 @@ pub struct Pipeline {
     max_notification_bytes: usize,
     /// Detail lines of rule failures and rejections, per rule / reason.
     throttle: Throttle,
+    /// The traffic recorder, when on.
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl Pipeline {
@@ -91,7 +94,19 @@ impl Pipeline {
             metrics,
             max_notification_bytes,
             throttle: Throttle::default(),
+            recorder: None,
         }
+    }
+
+    /// Record every submitted event and its outcome in `recorder`.
+    pub fn with_recorder(mut self, recorder: Option<Arc<Recorder>>) -> Self {
+        self.recorder = recorder;
+        self
+    }
+
+    /// The traffic recorder, when on.
+    pub fn recorder(&self) -> Option<&Arc<Recorder>> {
+        self.recorder.as_ref()
     }
 
     /// The live rules version.
@@ -136,9 +151,11 @@ impl Pipeline {
     ) -> impl Future<Output = Result<Processed, StoreError>> + Send + use<> {
         let source = event.meta.source.as_str();
         self.metrics.event(source);
-        let evaluation = self.rules.load().evaluate(event);
+        let rules = self.rules.load();
+        let evaluation = rules.evaluate(event);
         let mut failures = evaluation.failures;
         let mut batch = Vec::with_capacity(evaluation.notifications.len());
+        let mut kept = Vec::new();
         for rendered in &evaluation.notifications {
             let n = NewNotification::from_rendered(rendered);
             if n.fields.len() > self.max_notification_bytes {
@@ -154,6 +171,9 @@ impl Pipeline {
                 });
             } else {
                 batch.push(n);
+                if self.recorder.is_some() {
+                    kept.push(rendered);
+                }
             }
         }
         self.report_failures(event, &failures);
@@ -167,6 +187,16 @@ impl Pipeline {
             self.metrics.rejected(source, "no_rule_matched");
             tracing::debug!(source, topic = %event.meta.topic, position = %event.meta.position, "no rule matched");
         }
+        let recorded = self.recorder.as_ref().map(|r| {
+            r.record(
+                event,
+                rules.version(),
+                evaluation.matched,
+                &kept,
+                &failures,
+                rejection.is_some(),
+            )
+        });
         let metrics = self.metrics.clone();
         let started = Instant::now();
         let append = (!batch.is_empty()).then(|| match fence {
@@ -180,7 +210,18 @@ impl Pipeline {
                 ..Processed::default()
             };
             if let Some(append) = append {
-                let appended = append.await?;
+                let appended = match append.await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        if let Some(r) = &recorded {
+                            r.failed(e.to_string());
+                        }
+                        return Err(e);
+                    }
+                };
+                if let Some(r) = &recorded {
+                    r.appended(&appended);
+                }
                 metrics
                     .append_seconds
                     .observe(started.elapsed().as_secs_f64());

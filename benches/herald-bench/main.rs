@@ -92,6 +92,14 @@ impl Scenario {
     }
 }
 
+/// The recorder setting of the herald under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum RecorderSetting {
+    On,
+    Off,
+    Both,
+}
+
 /// Options shared by every scenario; `None` means the scenario's default
 /// (a smaller one under `--quick`).
 #[derive(Debug, Clone, Parser)]
@@ -136,6 +144,11 @@ pub(crate) struct Opts {
     /// at `REDIS_URL` (default 127.0.0.1:6379) under a fresh key prefix.
     #[arg(long, value_enum, default_value = "memory")]
     pub store: StoreKind,
+    /// herald's traffic recorder (ingest): on (herald's default), off
+    /// (`recorder.capacity = 0`), or both, one case each in the same run,
+    /// with their ratio checked against the ≤ 5 % cost target.
+    #[arg(long, value_enum, default_value = "on")]
+    pub recorder: RecorderSetting,
     /// Client counts (comma-separated) for fanout, latency, e2e,
     /// idle-memory, reconnect-storm, slow-consumer.
     #[arg(long, value_delimiter = ',')]

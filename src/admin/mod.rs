@@ -3,6 +3,8 @@
 //! rules lifecycle, [`rules`]), guarded by the admin token when one is set
 //! and served on `[admin] listen` when that is set.
 
+pub mod client;
+mod events;
 mod rules;
 
 use std::sync::Arc;
@@ -27,6 +29,8 @@ pub struct Admin {
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
     pub versions: Arc<Versions>,
+    /// The traffic recorder, when on.
+    pub recorder: Option<Arc<crate::recorder::Recorder>>,
 }
 
 /// `/healthz`: on every listener, never behind a token (load balancers and
@@ -43,6 +47,7 @@ pub fn routes(admin: Admin, token: Arc<AdminToken>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .merge(rules::routes())
+        .merge(events::routes())
         .with_state(admin);
     if !guarded {
         return router;

@@ -116,6 +116,8 @@ pub(super) struct Rule<'env> {
     pub source: Option<SourceKind>,
     pub topic: Option<GlobMatcher>,
     pub when: Condition<'env>,
+    /// The `when` expression as written (shown by explain).
+    pub when_text: Option<String>,
     pub for_each: Option<Expression<'env, 'static>>,
     pub channel: Text<'env>,
     pub title: Option<Text<'env>>,
@@ -424,6 +426,7 @@ fn compile_rule<'env>(
         source,
         topic,
         when,
+        when_text: spec["when"].as_str().map(str::to_string),
         for_each,
         channel,
         title,

@@ -27,11 +27,11 @@ pub struct Rendered {
 }
 
 /// One rule that failed for one event (or one `for_each` item).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct RuleFailure {
     pub rule: Arc<str>,
     pub field: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub index: Option<usize>,
     pub message: String,
 }
@@ -215,7 +215,7 @@ fn render(
     })
 }
 
-fn json_kind(v: &Value) -> &'static str {
+pub(super) fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -226,14 +226,14 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-fn text(t: &Text<'_>, ctx: &JValue) -> Result<String, String> {
+pub(super) fn text(t: &Text<'_>, ctx: &JValue) -> Result<String, String> {
     match t {
         Text::Literal(s) => Ok(s.clone()),
         Text::Template(t) => t.render(ctx).map_err(|e| describe(&e)),
     }
 }
 
-fn data(d: &Data<'_>, ctx: &JValue) -> Result<Value, String> {
+pub(super) fn data(d: &Data<'_>, ctx: &JValue) -> Result<Value, String> {
     Ok(match d {
         Data::Literal(v) => v.clone(),
         Data::Text(t) => Value::String(text(t, ctx)?),

@@ -19,6 +19,7 @@
 mod compile;
 pub(crate) mod document;
 mod eval;
+mod explain;
 pub mod versions;
 pub mod watch;
 
@@ -31,6 +32,7 @@ use serde::Serialize;
 pub use compile::Diagnostic;
 pub use document::Format;
 pub use eval::{Evaluation, Rendered, RuleFailure};
+pub use explain::{Check, FieldTrace, ItemTrace, RuleTrace, WhenTrace};
 
 /// The built-in rules used when no rules file is configured.
 pub const DEFAULT_RULES: &str = include_str!("default.yaml");
@@ -115,6 +117,12 @@ impl Rules {
         eval::evaluate(&self.compiled, event)
     }
 
+    /// Each rule's part in evaluating `event`, in order (for explain;
+    /// slower than [`Rules::evaluate`], every field is rendered).
+    pub fn explain(&self, event: &crate::event::Event) -> Vec<RuleTrace> {
+        explain::explain(&self.compiled, event)
+    }
+
     /// Where this version came from (a path or `built-in`).
     pub fn origin(&self) -> &str {
         &self.origin
@@ -129,6 +137,11 @@ impl Rules {
     pub fn rule_ids(&self) -> Vec<String> {
         self.compiled
             .rules(|rules| rules.iter().map(|r| r.id.to_string()).collect())
+    }
+
+    /// The content id, shared (what a recorded event keeps).
+    pub fn version(&self) -> &Arc<str> {
+        &self.content_id
     }
 
     /// Number of rules.

@@ -6,18 +6,57 @@
 //! Kafka and RabbitMQ: the events are pre-produced (see `broker`), the
 //! server started on them, and the rate counted from the first event it
 //! took to the last (its connection and group join are not counted).
+//! `--recorder both` measures herald with its traffic recorder on and off
+//! (two cases in one run) and checks the recorder's cost.
 
 use anyhow::Result;
 
 use super::{Fixture, Meter, deadline, drain, latency_figures, runs, source_servers};
-use crate::Opts;
 use crate::produce::{Encoder, Producer, Route, SourceKind};
 use crate::report::{Figures, Limit, Report};
 use crate::server::Kind;
+use crate::{Opts, RecorderSetting};
 
 const NAME: &str = "ingest";
 
 pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
+    if opts.recorder != RecorderSetting::Both {
+        return run_one(opts, report).await;
+    }
+    for setting in [RecorderSetting::On, RecorderSetting::Off] {
+        let opts = Opts {
+            recorder: setting,
+            ..opts.clone()
+        };
+        run_one(&opts, report).await?;
+    }
+    let with = |setting| {
+        let opts = Opts {
+            recorder: setting,
+            ..opts.clone()
+        };
+        let batch = match opts.source {
+            SourceKind::Http => opts.batch.unwrap_or(100),
+            _ => 0,
+        };
+        report.median(NAME, &case(&opts, batch), "herald", "events_per_s")
+    };
+    let ratio = with(RecorderSetting::On)
+        .zip(with(RecorderSetting::Off))
+        .map(|(on, off)| on / off);
+    report.target(
+        &format!(
+            "ingest: recorder on / off, {} → {} store, events/s ratio",
+            opts.source.name(),
+            opts.store.name()
+        ),
+        ratio,
+        Limit::AtLeast(0.95),
+    );
+    Ok(())
+}
+
+async fn run_one(opts: &Opts, report: &mut Report) -> Result<()> {
     let batches = match (opts.source, opts.batch) {
         (SourceKind::Http, Some(b)) => vec![b.max(1)],
         (SourceKind::Http, None) => vec![100, 1],
@@ -56,9 +95,13 @@ pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
 
 fn case(opts: &Opts, batch: usize) -> String {
     let (source, store) = (opts.source.name(), opts.store.name());
-    match opts.source {
+    let base = match opts.source {
         SourceKind::Http => format!("source={source} store={store} batch={batch}"),
         _ => format!("source={source} store={store}"),
+    };
+    match opts.recorder {
+        RecorderSetting::Off => format!("{base} recorder=off"),
+        _ => base,
     }
 }
 

@@ -98,6 +98,9 @@ impl Fixture {
         };
         if let Ok(s) = &mut setup {
             s.env.extend(store.env());
+            if kind == Kind::Herald && opts.recorder == crate::RecorderSetting::Off {
+                s.env.push(("HERALD_RECORDER__CAPACITY", "0".into()));
+            }
         }
         match setup.and_then(|s| Server::start_with(kind, opts, &s)) {
             Ok(server) => Ok(Fixture {
