@@ -248,7 +248,6 @@ async fn refused_streams_answer_a_status_and_the_close_code() {
     for (query, status, code) in [
         ("channel=user:ann&rewind=x", 400, 4000),
         ("channel=user:ann&last_id=c1.%25%25", 400, 4000),
-        ("defaults=false", 400, 4000),
         ("channel=user:bob", 403, 4003),
     ] {
         let (got, body) = refused(&h, query, &[("authorization", &bearer)]).await;
@@ -267,6 +266,9 @@ async fn refused_streams_answer_a_status_and_the_close_code() {
     // The header and the query parameter both work.
     Sse::connect(&h, "channel=user:ann", &[("authorization", &bearer)]).await;
     Sse::connect(&h, &format!("token={ann}"), &[]).await;
+    // No channel: a stream of heartbeats (a client reopens it with channels).
+    let mut idle = Sse::connect(&h, "defaults=false", &[("authorization", &bearer)]).await;
+    assert_eq!(idle.next().await.unwrap().retry.as_deref(), Some("3000"));
     h.stop().await;
 }
 

@@ -159,11 +159,6 @@ async fn admit(
                 error: why,
             }
         })?;
-    if requests.is_empty() {
-        return Err(Refusal::bad_request(
-            "no channel to stream: name one with channel=",
-        ));
-    }
     resume.apply(&mut requests);
     Ok((principal, requests))
 }

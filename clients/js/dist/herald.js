@@ -197,6 +197,8 @@ var Conn = class {
     this.noRefresh = false;
     this.timers = [];
     this.last = 0;
+    /** A channel was wanted while the stream was opening without it. */
+    this.stale = false;
     this.onOnline = () => this.online();
     this.onOffline = () => this.up && this.drop(1006, "offline");
     this.token = o.token;
@@ -233,7 +235,10 @@ var Conn = class {
     globalThis.removeEventListener?.("offline", this.onOffline);
   }
   sub(channel, c, l, r, fresh) {
-    if (!this.up) return;
+    if (!this.up) {
+      if (this.sse && this.link) this.stale = true;
+      return;
+    }
     if (!this.sse) {
       this.link.send({ type: "subscribe", channel, last_id: l, rewind: l ? void 0 : r });
       return;
@@ -288,6 +293,7 @@ var Conn = class {
       return;
     }
     const channels = [...this.ch.keys()];
+    this.stale = false;
     const ids = {};
     let rewind = 0;
     this.ch.forEach((c, k) => c.p ? ids[k] = idOf(c.p) : rewind = Math.max(rewind, c.r || 0));
@@ -300,6 +306,7 @@ var Conn = class {
     this.last = Date.now();
     this.set("open");
     if (!sse) this.ch.forEach((c, k) => this.sub(k, c, c.p && idOf(c.p), c.r));
+    else if (this.stale) this.reopen();
     const every = sse ? Math.max(this.o.pingInterval || 0, 2e4) : this.o.pingInterval || 2e4;
     let tick = Date.now();
     const t = setInterval(() => {

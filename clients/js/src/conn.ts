@@ -60,6 +60,8 @@ export class Conn {
   private retry: ReturnType<typeof setTimeout> | undefined;
   private last = 0;
   private restart: ReturnType<typeof setTimeout> | undefined;
+  /** A channel was wanted while the stream was opening without it. */
+  private stale = false;
   private onOnline = () => this.online();
   private onOffline = () => this.up && this.drop(1006, 'offline');
 
@@ -106,7 +108,11 @@ export class Conn {
   }
 
   private sub(channel: string, c: Channel, l?: string, r?: number, fresh?: boolean): void {
-    if (!this.up) return;
+    if (!this.up) {
+      // A stream already asked for lacks this channel: reopen once it opens.
+      if (this.sse && this.link) this.stale = true;
+      return;
+    }
     if (!this.sse) {
       this.link!.send({ type: 'subscribe', channel, last_id: l, rewind: l ? undefined : r });
       return;
@@ -167,6 +173,7 @@ export class Conn {
       return;
     }
     const channels = [...this.ch.keys()];
+    this.stale = false;
     const ids: Record<string, string> = {};
     let rewind = 0;
     this.ch.forEach((c, k) => (c.p ? (ids[k] = idOf(c.p)) : (rewind = Math.max(rewind, c.r || 0))));
@@ -180,6 +187,7 @@ export class Conn {
     this.last = Date.now();
     this.set('open');
     if (!sse) this.ch.forEach((c, k) => this.sub(k, c, c.p && idOf(c.p), c.r));
+    else if (this.stale) this.reopen();
     // Liveness: a WebSocket answers each `ping` with a frame, a stream sends
     // a comment every 15 s; a whole period without a byte means the link is dead.
     const every = sse ? Math.max(this.o.pingInterval || 0, 20_000) : this.o.pingInterval || 20_000;

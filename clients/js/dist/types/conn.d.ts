@@ -35,6 +35,8 @@ export declare class Conn {
     private retry;
     private last;
     private restart;
+    /** A channel was wanted while the stream was opening without it. */
+    private stale;
     private onOnline;
     private onOffline;
     constructor(url: string, o: Options, out: Out);
