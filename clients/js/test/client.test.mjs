@@ -357,6 +357,22 @@ test('auto: after repeated WebSocket failures the client falls back to SSE with 
   assert.deepEqual(third.url.searchParams.getAll('channel'), ['a', 'b', 'c']);
 });
 
+test('sse: a channel subscribed while the first stream is opening reopens it with the channel', async () => {
+  const { fetch, calls } = fakeFetch();
+  globalThis.fetch = fetch;
+  open({ transport: 'sse' });
+  // The stream is asked for at once, before the subscription exists, and
+  // the subscription comes before that stream opens.
+  const a = record(client.subscribe('a', { rewind: 5 }));
+  const first = await until('an SSE request', () => calls[0]);
+  assert.deepEqual(first.url.searchParams.getAll('channel'), []);
+  const second = await until('a stream with the channel', () => calls[1]);
+  assert.deepEqual(second.url.searchParams.getAll('channel'), ['a']);
+  assert.equal(second.url.searchParams.get('rewind'), '5');
+  second.frame(note('a', 1));
+  await until('the notification', () => a.notes.length === 1);
+});
+
 test('sse: a refused stream reports its close code', async () => {
   const { calls } = fakeFetch();
   globalThis.fetch = async () => {
