@@ -41,7 +41,10 @@ async fn event_streams_rewind_and_history_in_chromium() {
         output.status.success(),
         "browser SSE tests failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("browser-sse: 7 passed, 0 failed"), "{stdout}");
+    assert!(
+        stdout.contains("browser-sse: 7 passed, 0 failed"),
+        "{stdout}"
+    );
     open.stop().await;
     jwt.stop().await;
 }
