@@ -33,6 +33,7 @@ use crate::rules::RulesError;
 use crate::rules::versions::Versions;
 use crate::source::{Readiness, SourceConfig, SourceContext, SourceError};
 use crate::store::{OpenError, Store};
+use crate::tls::Certificates;
 
 /// Why herald could not start.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,12 @@ pub enum StartError {
     Source(#[from] SourceError),
     #[error("{0}")]
     Store(#[from] OpenError),
+    /// `[server.tls]` / `[admin.tls]` files.
+    #[error("{key}: {source}")]
+    Tls {
+        key: &'static str,
+        source: crate::tls::TlsError,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -63,7 +70,8 @@ impl StartError {
             StartError::Rules(_)
             | StartError::Auth(_)
             | StartError::Source(SourceError::Config { .. })
-            | StartError::Store(OpenError::Config(_)) => 2,
+            | StartError::Store(OpenError::Config(_))
+            | StartError::Tls { .. } => 2,
             _ => 1,
         }
     }
@@ -167,6 +175,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     }
 
+    let tls = load_tls(config.server.tls.as_ref(), "server.tls")?;
+    let admin_tls = load_tls(config.admin.tls.as_ref(), "admin.tls")?;
     let addr = config.server.listen;
     let listener = crate::server::bind(addr, config.server.send_buffer_bytes)
         .await
@@ -252,7 +262,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         listener,
         router,
         http_stop.clone(),
-        listener_edge(&config, &metrics),
+        listener_edge(&config, &metrics, tls.clone()),
     ));
     let (admin_server, admin_addr) = match (admin_listener, admin_router) {
         (Some((listener, bound)), Some(router)) => {
@@ -263,7 +273,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 listener,
                 router,
                 http_stop.clone(),
-                listener_edge(&config, &metrics),
+                listener_edge(&config, &metrics, admin_tls.clone()),
             ));
             (Some(task), Some(bound))
         }
@@ -279,7 +289,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         _ => None,
     };
     let follower = versions.spawn_follower(stop.clone());
-    tracing::info!(%addr, store = config.store.kind.as_str(), "herald listening");
+    let mut reloads = Vec::new();
+    for (certificates, listener) in [(&tls, "server"), (&admin_tls, "admin")] {
+        if let Some(c) = certificates {
+            reloads.push(c.spawn_reload(listener, metrics.clone(), stop.clone()));
+        }
+    }
+    tracing::info!(
+        %addr,
+        tls = tls.is_some(),
+        store = config.store.kind.as_str(),
+        "herald listening"
+    );
 
     let task = tokio::spawn({
         let stop = stop.clone();
@@ -307,6 +328,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 tracing::warn!("sessions still open at shutdown");
             }
             let _ = maintenance.await;
+            for r in reloads {
+                let _ = r.await;
+            }
             if let Some(w) = watcher {
                 let _ = w.await;
             }
@@ -377,7 +401,11 @@ fn router(
 }
 
 /// A listener's connection caps and timeouts.
-fn listener_edge(config: &Config, metrics: &Arc<Metrics>) -> crate::server::Edge {
+fn listener_edge(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    tls: Option<Arc<Certificates>>,
+) -> crate::server::Edge {
     let server = &config.server;
     crate::server::Edge {
         limits: crate::edge::limits::Limits::new(
@@ -388,7 +416,18 @@ fn listener_edge(config: &Config, metrics: &Arc<Metrics>) -> crate::server::Edge
         ),
         header_timeout: Duration::from_millis(server.handshake_timeout_ms),
         drain: Duration::from_millis(server.shutdown_timeout_ms),
+        tls,
     }
+}
+
+/// The certificate pair of `[key]`, when set.
+fn load_tls(
+    config: Option<&crate::tls::TlsConfig>,
+    key: &'static str,
+) -> Result<Option<Arc<Certificates>>, StartError> {
+    config
+        .map(|c| Certificates::load(c).map_err(|source| StartError::Tls { key, source }))
+        .transpose()
 }
 
 /// Wrap `router` (all its routes) in the edge's checks for a listener

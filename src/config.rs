@@ -93,6 +93,10 @@ pub struct ServerConfig {
     /// New connections per second from one IP address (a token bucket with
     /// one second of burst); faster ones get 429 / 1013. 0: no limit.
     pub connect_rate_per_ip: u32,
+    /// TLS (`https`, `wss`): PEM certificate chain and key, reloaded when
+    /// the files change.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsConfig>,
     /// Origins (`scheme://host[:port]`, globs allowed, `"*"` for all,
     /// `"null"` for `file://` pages) whose browsers may connect, besides
     /// the same origin. Unset: the loopback origins. See `edge::origin`.
@@ -115,6 +119,7 @@ impl Default for ServerConfig {
             // Linux doubles it (bookkeeping): 256 KiB of socket memory, a
             // throughput cap of ~2.5 MB/s per client at 100 ms round trip.
             send_buffer_bytes: 128 * 1024,
+            tls: None,
             request_timeout_ms: 30_000,
             max_http_connections: 20_000,
             max_connections_per_ip: 1000,

@@ -30,6 +30,8 @@
 //! - [`recorder`]: the last events and what became of them;
 //! - [`config`]: defaults → TOML file → `HERALD_*` environment;
 //! - [`metrics`]: every counter in one place;
+//! - [`tls`]: TLS on the listeners, certificates reloaded on change;
+//! - [`watch`]: noticing file changes (rules, certificates);
 //! - [`clock`]: wall-clock helpers;
 //! - [`throttle`]: detail log lines sampled per key under a flood;
 //! - [`tail`]: `herald tail`, a small client for trying herald.
@@ -51,3 +53,5 @@ pub mod source;
 pub mod store;
 pub mod tail;
 pub mod throttle;
+pub mod tls;
+pub mod watch;

@@ -18,12 +18,14 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::edge::limits::{Admission, Limits, Tracked};
+use crate::tls::Certificates;
 
 /// Accept queue length asked of the kernel (which caps it at
 /// `net.core.somaxconn`, 4096 by default).
@@ -52,6 +54,10 @@ pub async fn bind(addr: SocketAddr, send_buffer: usize) -> io::Result<TcpListene
     socket.listen(ACCEPT_BACKLOG)
 }
 
+/// A connection's byte stream, plain or TLS.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
 /// How a listener treats its connections.
 #[derive(Debug, Clone)]
 pub struct Edge {
@@ -60,6 +66,8 @@ pub struct Edge {
     pub header_timeout: Duration,
     /// Time shutdown waits for requests in flight; then they are dropped.
     pub drain: Duration,
+    /// TLS (`https`, `wss`) with this listener's certificate.
+    pub tls: Option<Arc<Certificates>>,
 }
 
 /// Serve `router` on `listener` until `stop` is cancelled, then wait up to
@@ -107,14 +115,36 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
                 req
             },
         ));
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(edge.header_timeout)
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
         let stop = stop.clone();
         let force = force.clone();
+        let header_timeout = edge.header_timeout;
+        let acceptor = edge.tls.as_ref().map(|c| c.acceptor());
+        let metrics = edge.limits.metrics().clone();
         connections.spawn(async move {
+            let io: Box<dyn Stream> = match acceptor {
+                None => Box::new(io),
+                // The handshake has the request head's time limit.
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
+                        Ok(Ok(tls)) => Box::new(tls),
+                        Ok(Err(e)) => {
+                            metrics.edge.tls_handshake_failures.inc();
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            metrics.edge.tls_handshake_failures.inc();
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(io), service)
+                .with_upgrades();
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,

@@ -307,6 +307,9 @@ pub struct AdminConfig {
     /// set they leave the public listener (`/healthz` stays on both).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<SocketAddr>,
+    /// TLS on the admin listener (`[admin.tls]`, as `[server.tls]`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl AdminConfig {
@@ -319,6 +322,12 @@ impl AdminConfig {
         }
         if let Some(token) = &self.token {
             check_admin_token(token.expose()).map_err(|p| ("admin.token".into(), p))?;
+        }
+        if self.tls.is_some() && self.listen.is_none() {
+            return Err((
+                "admin.tls".into(),
+                "needs admin.listen (without it the admin endpoints use server.tls)".into(),
+            ));
         }
         if let Some(listen) = self.listen {
             if listen == public && listen.port() != 0 {

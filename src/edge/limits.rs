@@ -103,6 +103,10 @@ impl Limits {
         })
     }
 
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Admit a connection from `peer`.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Admission {
         let now = Instant::now();

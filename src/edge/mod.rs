@@ -31,6 +31,10 @@ pub struct EdgeMetrics {
     pub refused: Family<Labels, Counter>,
     /// Accepted connections open now (HTTP and WebSocket), every listener.
     pub connections: Gauge,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_failures: Counter,
+    /// Certificate reloads, by result (`ok`, `rejected`).
+    pub tls_reloads: Family<Labels, Counter>,
 }
 
 impl EdgeMetrics {
@@ -47,7 +51,25 @@ impl EdgeMetrics {
             "Accepted connections open now, HTTP and WebSocket",
             m.connections.clone(),
         );
+        let tls = registry.sub_registry_with_prefix("tls");
+        tls.register(
+            "handshake_failures",
+            "TLS handshakes that failed or timed out",
+            m.tls_handshake_failures.clone(),
+        );
+        tls.register(
+            "reloads",
+            "Certificate reloads, by result",
+            m.tls_reloads.clone(),
+        );
         m
+    }
+
+    pub fn tls_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "rejected" };
+        self.tls_reloads
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
     }
 
     pub fn refused(&self, reason: &'static str) {

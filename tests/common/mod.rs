@@ -17,6 +17,7 @@ pub mod port;
 pub mod process;
 pub mod producers;
 pub mod redis_server;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
