@@ -124,7 +124,7 @@ impl Backlog {
         // A group no earlier run used, so the server reads from the start.
         let group = format!("herald-bench-{:08x}", fastrand::u32(..));
         match (kind, self) {
-            (Kind::Herald, Backlog::Kafka { brokers, topic }) => Some(Setup {
+            (Kind::Herald | Kind::HeraldTls, Backlog::Kafka { brokers, topic }) => Some(Setup {
                 config: Some(format!(
                     "[[sources]]\nkind = \"kafka\"\nbrokers = \"{brokers}\"\n\
                      topics = [\"{topic}\"]\ngroup_id = \"{group}\"\n\
@@ -134,7 +134,7 @@ impl Backlog {
                 ..Setup::default()
             }),
             (
-                Kind::Herald,
+                Kind::Herald | Kind::HeraldTls,
                 Backlog::Amqp {
                     url,
                     exchange,

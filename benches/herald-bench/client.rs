@@ -24,7 +24,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Deserialize;
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
@@ -65,7 +65,14 @@ pub(crate) struct Dial {
     pub token: Option<std::sync::Arc<str>>,
 }
 
-type Ws = WebSocketStream<TcpStream>;
+/// A connection's byte stream: TCP, or TLS over it (`herald-wss`).
+pub(crate) trait Io:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + std::fmt::Debug
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + std::fmt::Debug> Io for T {}
+
+type Ws = WebSocketStream<Box<dyn Io>>;
 
 /// Open a WebSocket to `/notifications?{query}`.
 pub(crate) async fn dial(d: &Dial, query: &str) -> Result<Ws> {
@@ -81,9 +88,17 @@ pub(crate) async fn dial(d: &Dial, query: &str) -> Result<Ws> {
         .await
         .with_context(|| format!("connect {} from {}", d.server, d.bind))?;
     stream.set_nodelay(true)?;
+    let (scheme, stream): (&str, Box<dyn Io>) = match crate::tls::connector(d.server) {
+        None => ("ws", Box::new(stream)),
+        Some(tls) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost")?;
+            let tls = tls.connect(name, stream).await.context("TLS handshake")?;
+            ("wss", Box::new(tls))
+        }
+    };
     let url = match &d.token {
-        Some(t) => format!("ws://{}/notifications?{query}&token={t}", d.server),
-        None => format!("ws://{}/notifications?{query}", d.server),
+        Some(t) => format!("{scheme}://{}/notifications?{query}&token={t}", d.server),
+        None => format!("{scheme}://{}/notifications?{query}", d.server),
     };
     let config = WebSocketConfig::default()
         .read_buffer_size(d.read_buffer)

@@ -35,6 +35,7 @@ mod report;
 mod scenarios;
 mod server;
 mod stores;
+mod tls;
 mod tokens;
 
 use std::path::PathBuf;
@@ -129,6 +130,11 @@ pub(crate) struct Opts {
     /// idle-memory, e2e, ingest).
     #[arg(long)]
     pub peer: bool,
+    /// Also run herald with TLS (`herald-wss`: wss clients, https ingest,
+    /// a certificate generated for the run) beside plain herald, where the
+    /// scenario compares (fanout, idle-memory, connect-rate).
+    #[arg(long)]
+    pub tls: bool,
     /// Folder of the peer (with node_modules installed by `npm ci`).
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/peer"))]
     pub peer_dir: PathBuf,

@@ -149,7 +149,12 @@ impl Poster {
 impl Producer {
     /// `payload`: the size of `data` in bytes (≥ 40).
     pub(crate) fn new(base: &str, topic: &str, route: Route, payload: usize) -> Result<Self> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        if base.starts_with("https://") {
+            let ca = crate::tls::ca_pem().context("https without the run's CA")?;
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes())?);
+        }
+        let http = builder
             .pool_max_idle_per_host(64)
             // Drop idle connections before a server does (Node closes them
             // after 5 s, herald after its handshake timeout): reusing one the

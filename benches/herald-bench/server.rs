@@ -14,6 +14,8 @@ use crate::Opts;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Herald,
+    /// herald with `[server.tls]` (`--tls`).
+    HeraldTls,
     Peer,
 }
 
@@ -21,6 +23,7 @@ impl Kind {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Kind::Herald => "herald",
+            Kind::HeraldTls => "herald-wss",
             Kind::Peer => "ws-peer",
         }
     }
@@ -108,7 +111,7 @@ impl Server {
             Command::new("env")
         };
         match kind {
-            Kind::Herald => {
+            Kind::Herald | Kind::HeraldTls => {
                 cmd.arg(&opts.herald).arg("serve");
                 if let Some(text) = &setup.config {
                     let path = log_dir().join(format!("herald-{port}.toml"));
@@ -139,7 +142,13 @@ impl Server {
             }
         }
         let own_auth = setup.env.iter().any(|(k, _)| *k == "HERALD_AUTH__MODE");
-        if kind == Kind::Herald && !own_auth {
+        if kind == Kind::HeraldTls {
+            for (k, v) in crate::tls::herald_env(&log_dir())? {
+                cmd.env(k, v);
+            }
+            crate::tls::mark(addr);
+        }
+        if kind != Kind::Peer && !own_auth {
             // `--token`: authentication on, for the clients' token.
             if let Some(a) = crate::tokens::auth(opts.token)? {
                 for (k, v) in &a.env {
@@ -189,6 +198,9 @@ impl Server {
     }
 
     pub(crate) fn http_base(&self) -> String {
+        if crate::tls::connector(self.addr).is_some() {
+            return format!("https://localhost:{}", self.addr.port());
+        }
         format!("http://{}", self.addr)
     }
 

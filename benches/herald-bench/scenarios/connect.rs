@@ -9,7 +9,7 @@ use anyhow::{Result, bail};
 use futures_util::StreamExt;
 use tokio::time::Instant;
 
-use super::{Meter, clients, deadline, runs, unique};
+use super::{Meter, clients, deadline, herald_servers, runs, unique};
 use crate::Opts;
 use crate::client::Got;
 use crate::report::{Figures, Report};
@@ -29,15 +29,16 @@ pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
         .unwrap_or(if opts.quick { 200 } else { 5000 });
     for alg in Alg::EACH {
         let case = format!("token={} handshakes={n}", alg.name());
-        runs(opts, report, NAME, &case, &[Kind::Herald], |_| {
-            measure(opts, alg, n)
+        // With --tls, every handshake also pays for TLS on herald-wss.
+        runs(opts, report, NAME, &case, &herald_servers(opts), |kind| {
+            measure(opts, kind, alg, n)
         })
         .await?;
     }
     Ok(())
 }
 
-async fn measure(opts: &Opts, alg: Alg, n: usize) -> Result<Figures> {
+async fn measure(opts: &Opts, kind: Kind, alg: Alg, n: usize) -> Result<Figures> {
     let bench_auth = auth(alg)?;
     // This scenario chooses the authentication itself, whatever --token says.
     let setup = Setup {
@@ -47,7 +48,7 @@ async fn measure(opts: &Opts, alg: Alg, n: usize) -> Result<Figures> {
         },
         ..Setup::default()
     };
-    let server = Server::start_with(Kind::Herald, opts, &setup)?;
+    let server = Server::start_with(kind, opts, &setup)?;
     let channel = unique("connect");
     let end = deadline(opts);
     let mut list = clients(n, server.addr, opts, 1024, |_| channel.clone());

@@ -50,6 +50,16 @@ pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
         report.ratio(NAME, case, "cpu_us_per_delivery"),
         Limit::AtMost(1.0 / 1.8),
     );
+    if opts.tls {
+        let cpu = |server| report.median(NAME, case, server, "cpu_us_per_delivery");
+        report.target(
+            "fanout: server CPU per delivery, herald-wss/herald (wss at most 2x ws)",
+            cpu("herald-wss")
+                .zip(cpu("herald"))
+                .map(|(tls, plain)| tls / plain),
+            Limit::AtMost(2.0),
+        );
+    }
     Ok(())
 }
 

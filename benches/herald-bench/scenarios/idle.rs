@@ -35,6 +35,13 @@ pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
         report.median(NAME, "connections=10000", "herald", "rss_kib_per_conn"),
         Limit::AtMost(8.0),
     );
+    if opts.tls {
+        report.target(
+            "idle-memory: KiB RSS per idle subscribed wss connection at 10k",
+            report.median(NAME, "connections=10000", "herald-wss", "rss_kib_per_conn"),
+            Limit::AtMost(16.0),
+        );
+    }
     report.target(
         "idle-memory: connections held by one herald process",
         report.median(NAME, "connections=19000", "herald", "connections"),

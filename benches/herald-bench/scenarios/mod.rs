@@ -45,8 +45,17 @@ pub(crate) async fn run(scenario: Scenario, opts: &Opts, report: &mut Report) ->
 
 /// The servers a comparing scenario runs in each run: herald, then the peer.
 fn servers(opts: &Opts) -> Vec<Kind> {
+    let mut kinds = herald_servers(opts);
     if opts.peer {
-        vec![Kind::Herald, Kind::Peer]
+        kinds.push(Kind::Peer);
+    }
+    kinds
+}
+
+/// herald, and herald with TLS under `--tls`.
+fn herald_servers(opts: &Opts) -> Vec<Kind> {
+    if opts.tls {
+        vec![Kind::Herald, Kind::HeraldTls]
     } else {
         vec![Kind::Herald]
     }
@@ -154,7 +163,7 @@ impl Fixture {
 /// events.
 async fn consumed(http: &reqwest::Client, server: &Server, kind: Kind) -> Result<u64> {
     let path = match kind {
-        Kind::Herald => "/metrics",
+        Kind::Herald | Kind::HeraldTls => "/metrics",
         Kind::Peer => "/stats",
     };
     let text = http
@@ -164,7 +173,7 @@ async fn consumed(http: &reqwest::Client, server: &Server, kind: Kind) -> Result
         .text()
         .await?;
     let count = match kind {
-        Kind::Herald => text
+        Kind::Herald | Kind::HeraldTls => text
             .lines()
             .find_map(|l| l.strip_prefix("herald_notifications_appended_total "))
             .map(str::to_string),
