@@ -273,6 +273,9 @@ pub(crate) struct Client {
     pub dial: Dial,
     pub channel: String,
     ws: Option<Ws>,
+    /// Read Server-Sent Events instead of a WebSocket.
+    pub sse: bool,
+    stream: Option<crate::sse::SseStream>,
     /// The current connection asked to resume after a last id.
     resuming: bool,
     pub track: Track,
@@ -292,6 +295,8 @@ impl Client {
             dial,
             channel,
             ws: None,
+            sse: false,
+            stream: None,
             resuming: false,
             track: Track::default(),
             hist: [None, None],
@@ -313,7 +318,7 @@ impl Client {
     /// Connect and subscribe to the channel, live from its head.
     pub(crate) async fn connect(&mut self) -> Result<()> {
         let q = self.query(None);
-        self.ws = Some(dial(&self.dial, &q).await?);
+        self.open(&q).await?;
         self.resuming = false;
         self.track.subscribed = false;
         Ok(())
@@ -323,7 +328,7 @@ impl Client {
     /// notifications come first, then `subscribed`.
     pub(crate) async fn resume(&mut self) -> Result<()> {
         let q = self.query(Some(&self.track.last_id()));
-        self.ws = Some(dial(&self.dial, &q).await?);
+        self.open(&q).await?;
         self.resuming = true;
         self.track.subscribed = false;
         Ok(())
@@ -338,15 +343,28 @@ impl Client {
         self.track.seq_sum = 0;
     }
 
+    async fn open(&mut self, query: &str) -> Result<()> {
+        if self.sse {
+            self.stream = Some(crate::sse::dial(&self.dial, query).await?);
+        } else {
+            self.ws = Some(dial(&self.dial, query).await?);
+        }
+        Ok(())
+    }
+
     /// Drop the connection without a close frame (a network failure).
     pub(crate) fn drop_connection(&mut self) {
         self.ws = None;
+        self.stream = None;
     }
 
     /// Read one application frame and account for it.
     pub(crate) async fn next(&mut self) -> Result<Got> {
-        let ws = self.ws.as_mut().ok_or_else(|| anyhow!("not connected"))?;
+        if self.sse {
+            return self.next_event().await;
+        }
         loop {
+            let ws = self.ws.as_mut().ok_or_else(|| anyhow!("not connected"))?;
             let msg = match ws.next().await {
                 Some(Ok(m)) => m,
                 // The server dropped the connection without a close frame.
@@ -365,70 +383,97 @@ impl Client {
                 Message::Binary(_) => bail!("client {}: a binary frame", self.index),
                 _ => continue,
             };
-            self.track.bytes += text.len() as u64;
-            let frame: Frame<'_> = serde_json::from_str(&text)
-                .with_context(|| format!("client {}: not a JSON frame: {text}", self.index))?;
-            match &*frame.ty {
-                "notification" => {
-                    let data = frame.data.unwrap_or_default();
-                    self.track.on_notification(frame.offset, data.seq);
-                    if self.record_latency && self.track.subscribed && data.ts > 0 {
-                        let phase = match &self.split {
-                            Some(s) if data.seq >= s.load(Ordering::Relaxed) => 1,
-                            _ => 0,
-                        };
-                        let h = self.hist[phase].get_or_insert_with(histogram);
-                        let _ = h.record(now_us().saturating_sub(data.ts).max(1));
-                    }
-                    if let Some((p, base)) = &self.progress {
-                        p.set(self.index, self.track.last.saturating_sub(*base));
-                    }
-                    return Ok(Got::Notification);
-                }
-                "subscribed" => {
-                    let recovered = frame.recovered.unwrap_or(false);
-                    if let Some(pos) = frame.position.as_deref() {
-                        let (epoch, offset) = pos
-                            .rsplit_once('-')
-                            .and_then(|(e, o)| Some((e, o.parse::<u64>().ok()?)))
-                            .ok_or_else(|| anyhow!("bad position {pos}"))?;
-                        if self.resuming && !recovered {
-                            // The server could not replay what the client
-                            // missed: a loss, unless the scenario expects it.
-                            self.track.unrecovered += 1;
-                        }
-                        if self.track.epoch.is_empty() {
-                            // Live from the head: nothing before it is expected.
-                            self.track.epoch = epoch.to_string();
-                            self.track.last = offset;
-                            self.track.start = offset;
-                        } else if !recovered {
-                            self.track.epoch = epoch.to_string();
-                            self.track.last = offset;
-                        } else if offset != self.track.last {
-                            bail!(
-                                "client {}: subscribed at {offset} after replaying up to {}",
-                                self.index,
-                                self.track.last
-                            );
-                        }
-                    }
-                    self.track.subscribed = true;
-                    self.track.recovered = recovered;
-                    self.track.replayed += frame.replayed;
-                    return Ok(Got::Subscribed {
-                        replayed: frame.replayed,
-                        recovered,
-                    });
-                }
-                "error" => bail!(
-                    "client {}: error frame {}: {text}",
-                    self.index,
-                    frame.code.as_deref().unwrap_or("?")
-                ),
-                _ => {} // pong and frames of later protocol versions
+            if let Some(got) = self.on_text(&text)? {
+                return Ok(got);
             }
         }
+    }
+
+    /// [`Client::next`] on an event stream.
+    async fn next_event(&mut self) -> Result<Got> {
+        loop {
+            let stream = self
+                .stream
+                .as_mut()
+                .ok_or_else(|| anyhow!("not connected"))?;
+            match stream.read().await? {
+                crate::sse::SseRead::Data(text) => {
+                    if let Some(got) = self.on_text(&text)? {
+                        return Ok(got);
+                    }
+                }
+                crate::sse::SseRead::Closed(code) => return Ok(Got::Closed(code)),
+            }
+        }
+    }
+
+    /// Account for one JSON frame; None for frames that are not the
+    /// client's business (pong, later protocol versions).
+    fn on_text(&mut self, text: &str) -> Result<Option<Got>> {
+        self.track.bytes += text.len() as u64;
+        let frame: Frame<'_> = serde_json::from_str(text)
+            .with_context(|| format!("client {}: not a JSON frame: {text}", self.index))?;
+        match &*frame.ty {
+            "notification" => {
+                let data = frame.data.unwrap_or_default();
+                self.track.on_notification(frame.offset, data.seq);
+                if self.record_latency && self.track.subscribed && data.ts > 0 {
+                    let phase = match &self.split {
+                        Some(s) if data.seq >= s.load(Ordering::Relaxed) => 1,
+                        _ => 0,
+                    };
+                    let h = self.hist[phase].get_or_insert_with(histogram);
+                    let _ = h.record(now_us().saturating_sub(data.ts).max(1));
+                }
+                if let Some((p, base)) = &self.progress {
+                    p.set(self.index, self.track.last.saturating_sub(*base));
+                }
+                return Ok(Some(Got::Notification));
+            }
+            "subscribed" => {
+                let recovered = frame.recovered.unwrap_or(false);
+                if let Some(pos) = frame.position.as_deref() {
+                    let (epoch, offset) = pos
+                        .rsplit_once('-')
+                        .and_then(|(e, o)| Some((e, o.parse::<u64>().ok()?)))
+                        .ok_or_else(|| anyhow!("bad position {pos}"))?;
+                    if self.resuming && !recovered {
+                        // The server could not replay what the client
+                        // missed: a loss, unless the scenario expects it.
+                        self.track.unrecovered += 1;
+                    }
+                    if self.track.epoch.is_empty() {
+                        // Live from the head: nothing before it is expected.
+                        self.track.epoch = epoch.to_string();
+                        self.track.last = offset;
+                        self.track.start = offset;
+                    } else if !recovered {
+                        self.track.epoch = epoch.to_string();
+                        self.track.last = offset;
+                    } else if offset != self.track.last {
+                        bail!(
+                            "client {}: subscribed at {offset} after replaying up to {}",
+                            self.index,
+                            self.track.last
+                        );
+                    }
+                }
+                self.track.subscribed = true;
+                self.track.recovered = recovered;
+                self.track.replayed += frame.replayed;
+                return Ok(Some(Got::Subscribed {
+                    replayed: frame.replayed,
+                    recovered,
+                }));
+            }
+            "error" => bail!(
+                "client {}: error frame {}: {text}",
+                self.index,
+                frame.code.as_deref().unwrap_or("?")
+            ),
+            _ => {} // pong and frames of later protocol versions
+        }
+        Ok(None)
     }
 
     /// Read until `subscribed`; notifications before it are replay.

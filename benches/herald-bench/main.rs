@@ -23,7 +23,8 @@
 //! clients and the per-client checker), `produce` (HTTP producer, event
 //! encoding, source kinds), `broker` (events pre-produced to Kafka or
 //! RabbitMQ), `stores` (the store under test), `tokens` (keys and tokens
-//! for `--token` and connect-rate), `report` (table, JSON, targets),
+//! for `--token` and connect-rate), `sse` (Server-Sent Events clients),
+//! `report` (table, JSON, targets),
 //! `scenarios/` (one file each).
 
 #![allow(clippy::print_stdout)]
@@ -34,6 +35,7 @@ mod produce;
 mod report;
 mod scenarios;
 mod server;
+mod sse;
 mod stores;
 mod tls;
 mod tokens;
@@ -61,11 +63,13 @@ pub(crate) enum Scenario {
     SlowConsumer,
     Ingest,
     ConnectRate,
+    SseFanout,
+    History,
     All,
 }
 
 impl Scenario {
-    const EACH: [Scenario; 9] = [
+    const EACH: [Scenario; 11] = [
         Scenario::Fanout,
         Scenario::Latency,
         Scenario::E2e,
@@ -75,6 +79,8 @@ impl Scenario {
         Scenario::SlowConsumer,
         Scenario::Ingest,
         Scenario::ConnectRate,
+        Scenario::SseFanout,
+        Scenario::History,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -88,6 +94,8 @@ impl Scenario {
             Scenario::SlowConsumer => "slow-consumer",
             Scenario::Ingest => "ingest",
             Scenario::ConnectRate => "connect-rate",
+            Scenario::SseFanout => "sse-fanout",
+            Scenario::History => "history",
             Scenario::All => "all",
         }
     }

@@ -34,7 +34,7 @@ pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
         for &payload in &payloads {
             let case = format!("clients={c} payload={payload}B");
             runs(opts, report, NAME, &case, &servers(opts), |kind| {
-                measure(opts, kind, c, payload, deliveries)
+                measure(opts, kind, c, payload, deliveries, false)
             })
             .await?;
         }
@@ -63,16 +63,21 @@ pub(crate) async fn run(opts: &Opts, report: &mut Report) -> Result<()> {
     Ok(())
 }
 
-async fn measure(
+/// One measurement; `sse`: the clients read Server-Sent Events.
+pub(super) async fn measure(
     opts: &Opts,
     kind: Kind,
     c: usize,
     payload: usize,
     deliveries: u64,
+    sse: bool,
 ) -> Result<Figures> {
     let server = Server::start(kind, opts, &[])?;
     let channel = unique("fanout");
-    let list = clients(c, server.addr, opts, 64 * 1024, |_| channel.clone());
+    let mut list = clients(c, server.addr, opts, 64 * 1024, |_| channel.clone());
+    for cl in &mut list {
+        cl.sse = sse;
+    }
     let list = connect_all(list, 256, opts.timeout()).await?;
     let events = (deliveries / c as u64).max(1);
     let base = list[0].track.last;

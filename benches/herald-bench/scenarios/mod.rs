@@ -5,11 +5,13 @@
 mod connect;
 mod e2e;
 mod fanout;
+mod history;
 mod idle;
 mod ingest;
 mod latency;
 mod replay;
 mod slow;
+mod sse;
 mod storm;
 
 use std::net::SocketAddr;
@@ -39,6 +41,8 @@ pub(crate) async fn run(scenario: Scenario, opts: &Opts, report: &mut Report) ->
         Scenario::SlowConsumer => slow::run(opts, report).await,
         Scenario::Ingest => ingest::run(opts, report).await,
         Scenario::ConnectRate => connect::run(opts, report).await,
+        Scenario::SseFanout => sse::run(opts, report).await,
+        Scenario::History => history::run(opts, report).await,
         Scenario::All => Ok(()),
     }
 }
