@@ -16,7 +16,8 @@
 //! - [`store`]: the per-channel log, the [`store::Store`] trait and its
 //!   kinds (memory, disk, redis);
 //! - [`delivery`]: the hub (fan-out), sessions (replay, live, heartbeat),
-//!   the WebSocket gateway and the protocol;
+//!   the WebSocket and Server-Sent Events gateways, the history API and
+//!   the protocol;
 //!
 //! Around it:
 //! - [`auth`]: tokens (JWT, JWKS), the channel policy every gateway asks,
