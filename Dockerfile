@@ -13,11 +13,12 @@
 FROM rust:1-bookworm AS builder
 
 # rdkafka builds the bundled librdkafka with its own configure script, make
-# and a C compiler (no cmake needed); zlib for compressed topics. libssl and
-# libsasl2 are there for when the rdkafka `ssl` / `gssapi` features are on.
+# and a C compiler (no cmake needed); zlib for compressed topics; OpenSSL
+# (the rdkafka `ssl` feature) for Kafka SSL and SASL_SSL with PLAIN or SCRAM,
+# as scripts/build-deps.sh installs. GSSAPI (Kerberos) is not built in.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      build-essential pkg-config libssl-dev zlib1g-dev libsasl2-dev python3 \
+      build-essential pkg-config libssl-dev zlib1g-dev python3 \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /src
@@ -35,9 +36,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # --- runtime -----------------------------------------------------------------
 FROM debian:bookworm-slim
 
-# CA certificates for TLS to brokers (kafka SSL, amqps://, rediss://).
+# CA certificates for TLS to brokers (kafka SSL, amqps://, rediss://);
+# libssl3 for librdkafka's TLS.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 herald \
  && useradd --system --uid 10001 --gid herald --home-dir /var/lib/herald \

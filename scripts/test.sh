@@ -21,6 +21,8 @@ stop_started() {
 }
 trap stop_started EXIT
 
+# A C toolchain and OpenSSL's headers for the bundled librdkafka.
+scripts/build-deps.sh
 # Each script starts its service when sourced.
 source scripts/browser.sh
 ensure_browser
