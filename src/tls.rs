@@ -178,3 +178,68 @@ impl Certificates {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(dir: &Path, name: &str) -> (TlsConfig, rcgen::CertifiedKey<rcgen::KeyPair>) {
+        let generated =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("generate");
+        let cert_file = dir.join(format!("{name}-cert.pem"));
+        let key_file = dir.join(format!("{name}-key.pem"));
+        std::fs::write(&cert_file, generated.cert.pem()).expect("write");
+        std::fs::write(&key_file, generated.signing_key.serialize_pem()).expect("write");
+        (
+            TlsConfig {
+                cert_file,
+                key_file,
+            },
+            generated,
+        )
+    }
+
+    #[test]
+    fn a_bad_pair_is_refused_naming_the_files_and_a_reload_keeps_the_old_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let (good, _) = pair(dir.path(), "good");
+        let (other, _) = pair(dir.path(), "other");
+        let certificates = Certificates::load(&good).expect("a good pair loads");
+        assert!(
+            !certificates.reload().expect("unchanged"),
+            "same content: no reload"
+        );
+
+        let mismatched = TlsConfig {
+            cert_file: good.cert_file.clone(),
+            key_file: other.key_file.clone(),
+        };
+        let err = Certificates::load(&mismatched).expect_err("the key is another's");
+        assert!(
+            err.file.contains("good-cert.pem") && err.file.contains("other-key.pem"),
+            "{err}"
+        );
+
+        std::fs::write(dir.path().join("junk.pem"), "not PEM").expect("write");
+        let junk = TlsConfig {
+            cert_file: dir.path().join("junk.pem"),
+            key_file: good.key_file.clone(),
+        };
+        let err = Certificates::load(&junk).expect_err("no certificate");
+        assert!(err.file.ends_with("junk.pem"), "{err}");
+        let missing = TlsConfig {
+            cert_file: dir.path().join("missing.pem"),
+            key_file: good.key_file.clone(),
+        };
+        assert!(Certificates::load(&missing).is_err());
+
+        // A reload to a mismatched key fails and the live pair stays.
+        let before = certificates.live.load_full();
+        std::fs::copy(&other.key_file, &good.key_file).expect("copy");
+        assert!(certificates.reload().is_err());
+        assert!(Arc::ptr_eq(&before, &certificates.live.load_full()));
+        assert_eq!(before.alpn_protocols, vec![b"http/1.1".to_vec()]);
+        // The same broken content again is not retried.
+        assert!(!certificates.reload().expect("already tried"));
+    }
+}
