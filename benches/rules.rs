@@ -6,6 +6,7 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use herald::event::{Event, Meta, SourceKind};
+use herald::rules::preview::Sample;
 use herald::rules::{Format, Rules};
 use serde_json::json;
 
@@ -57,5 +58,48 @@ fn rules(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, rules);
+/// Preview throughput: 1000 recorded events (orders, half of them
+/// shipped ones the example rules notify about) evaluated by the example
+/// rules and by an edit of them (a retitled notification), compared.
+/// Events per second = 1000 / the time per iteration.
+fn preview(c: &mut Criterion) {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/rules.yaml"))
+        .unwrap();
+    let old = Rules::parse(&text, Format::Yaml, "old").unwrap();
+    let edited = text.replace("has shipped\"", "is on its way\"");
+    assert_ne!(edited, text, "the edit changes a title");
+    let new = Rules::parse(&edited, Format::Yaml, "new").unwrap();
+    let order: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/events/order-shipped.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let samples: Vec<Sample> = (0..1000u64)
+        .map(|i| {
+            let payload = if i % 2 == 0 {
+                order.clone()
+            } else {
+                json!({"type": "order.created", "user_id": i, "order_id": i})
+            };
+            Sample {
+                id: i,
+                event: event(SourceKind::Kafka, "orders", payload),
+            }
+        })
+        .collect();
+    c.bench_function("rules/preview: 1000 recorded events, both versions", |b| {
+        b.iter(|| {
+            black_box(herald::rules::preview::preview(
+                &old,
+                &new,
+                black_box(&samples),
+            ))
+        })
+    });
+}
+
+criterion_group!(benches, rules, preview);
 criterion_main!(benches);

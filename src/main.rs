@@ -27,9 +27,11 @@ const EXIT_STATUSES: &str = "\
 Exit status:
   0  success (serve: stopped by SIGTERM or SIGINT, after a clean shutdown)
   1  a check failed, or the environment refused: `rules check` found
-     problems, `rules test` saw a rule fail; `serve` could not listen (the
+     problems, `rules test` saw a rule fail, `rules diff` saw the new
+     rules fail where the old did not; `serve` could not listen (the
      address is in use) or open its store (a disk store another herald
-     holds); `tail` could not connect
+     holds); `tail` could not connect, `rules record` could not read the
+     admin API
   2  wrong usage or input: an unknown option or argument, an invalid
      configuration, a rules file that does not compile or cannot be read,
      a source or store setting its client rejects, an event file that is
@@ -146,6 +148,24 @@ enum RulesCommand {
         #[arg(long, default_value = "test")]
         topic: String,
     },
+    /// Compare two rules files on recorded events (`rules record`): the
+    /// notifications added, removed and changed, the failures; exit 1 when
+    /// NEW fails on an event OLD handled.
+    Diff {
+        /// The rules file now live (YAML, or TOML when it ends in .toml).
+        old: PathBuf,
+        /// The candidate rules file.
+        new: PathBuf,
+        /// Recorded events, one JSON object per line (`rules record`).
+        #[arg(long)]
+        events: PathBuf,
+        /// Events with differences to print.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print the whole comparison as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Save the events a running herald recorded (and what became of
     /// them), one JSON object per line, for `rules diff --events`.
     Record {
@@ -202,6 +222,16 @@ fn main() -> ExitCode {
                     topic,
                 },
         } => rules_test(&file, &event, source, &topic),
+        Command::Rules {
+            command:
+                RulesCommand::Diff {
+                    old,
+                    new,
+                    events,
+                    limit,
+                    json,
+                },
+        } => rules_diff(&old, &new, &events, limit, json),
         Command::Rules {
             command:
                 RulesCommand::Record {
@@ -491,6 +521,63 @@ fn rules_check(file: &Path) -> ExitCode {
             ExitCode::from(FAILED)
         }
     }
+}
+
+fn rules_diff(old: &Path, new: &Path, events: &Path, limit: usize, json: bool) -> ExitCode {
+    let (old, new) = match (Rules::load(old), Rules::load(new)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (a, b) => {
+            for e in [a.err(), b.err()].into_iter().flatten() {
+                eprintln!("{e}");
+            }
+            return ExitCode::from(USAGE);
+        }
+    };
+    let samples = match read_recorded(events) {
+        Ok(s) => s,
+        Err(problem) => {
+            eprintln!("{}: {problem}", events.display());
+            return ExitCode::from(USAGE);
+        }
+    };
+    let result = herald::rules::preview::preview(&old, &new, &samples);
+    if json {
+        match serde_json::to_string_pretty(&result) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("herald rules diff: {e}");
+                return ExitCode::from(FAILED);
+            }
+        }
+    } else {
+        print!("{}", result.to_text(limit));
+    }
+    if result.summary.regressions > 0 {
+        eprintln!(
+            "herald rules diff: the candidate fails on {} events the old version handled",
+            result.summary.regressions
+        );
+        return ExitCode::from(FAILED);
+    }
+    ExitCode::SUCCESS
+}
+
+/// The events of a `rules record` file.
+fn read_recorded(path: &Path) -> Result<Vec<herald::rules::preview::Sample>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    let mut samples = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let recorded: herald::recorder::RecordedEvent = serde_json::from_str(line)
+            .map_err(|e| format!("line {}: not a recorded event: {e}", i + 1))?;
+        samples.push(herald::rules::preview::Sample {
+            id: recorded.id,
+            event: recorded.to_event(),
+        });
+    }
+    Ok(samples)
 }
 
 fn rules_test(file: &Path, event_file: &Path, source: SourceKind, topic: &str) -> ExitCode {

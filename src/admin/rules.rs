@@ -9,7 +9,14 @@
 //!   diagnostic per problem (the live version stays), 409 when rules come
 //!   from a file, 503 when the version store cannot record it;
 //! - `POST /admin/rules/rollback[?to=<id>]`: make version `to` (default:
-//!   the live version's previous) live again; 404 for an id not kept.
+//!   the live version's previous) live again; 404 for an id not kept;
+//! - `POST /admin/rules/preview[?channel=&limit=&cursor=]`: the body is a
+//!   candidate rules file; 422 with diagnostics when it does not compile,
+//!   else the summary of evaluating the live and the candidate version
+//!   over every recorded event and the first `limit` (100) events with
+//!   differences (those after recorder id `cursor`; `next_cursor` continues),
+//!   only those concerning `channel` when given. Works in either mode:
+//!   previewing a file edit before saving it is the point.
 
 use axum::Router;
 use axum::body::Bytes;
@@ -21,13 +28,15 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::Admin;
-use crate::rules::Format;
+use crate::rules::preview::Sample;
 use crate::rules::versions::{API, ActivateError, StoredText};
+use crate::rules::{Format, Rules};
 
 pub(super) fn routes() -> Router<Admin> {
     Router::new()
         .route("/admin/rules", get(show).put(activate))
         .route("/admin/rules/rollback", post(rollback))
+        .route("/admin/rules/preview", post(preview))
 }
 
 async fn show(State(admin): State<Admin>) -> Response {
@@ -129,6 +138,77 @@ async fn rollback(State(admin): State<Admin>, Query(query): Query<RollbackQuery>
         Ok(record) => axum::Json(json!({ "activated": true, "version": record })).into_response(),
         Err(e) => refused(e),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewQuery {
+    format: Option<String>,
+    channel: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<u64>,
+}
+
+async fn preview(
+    State(admin): State<Admin>,
+    Query(q): Query<PreviewQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let text = match candidate(q.format.as_deref(), &headers, &body) {
+        Ok(t) => t,
+        Err(message) => return error(StatusCode::BAD_REQUEST, &message),
+    };
+    let candidate = match Rules::parse(&text.text, text.format, "candidate") {
+        Ok(r) => r,
+        Err(e) => return refused(ActivateError::Invalid(e)),
+    };
+    let samples: Vec<Sample> = match &admin.recorder {
+        Some(recorder) => recorder
+            .list(None, usize::MAX, |_| true)
+            .iter()
+            .map(|e| Sample {
+                id: e.id(),
+                event: e.view().to_event(),
+            })
+            .collect(),
+        None => Vec::new(),
+    };
+    let live = admin.versions.rules();
+    let live_id = live.content_id().to_string();
+    // Evaluating thousands of events twice is CPU work: off the runtime.
+    let evaluated = tokio::task::spawn_blocking(move || {
+        (
+            crate::rules::preview::preview(&live, &candidate, &samples),
+            candidate,
+        )
+    })
+    .await;
+    let Ok((mut result, candidate)) = evaluated else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "the preview failed");
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let cursor = q.cursor.unwrap_or(0);
+    let mut differences: Vec<_> = std::mem::take(&mut result.differences)
+        .into_iter()
+        .filter(|d| d.id > cursor)
+        .filter(|d| {
+            q.channel
+                .as_deref()
+                .is_none_or(|c| d.changes.iter().any(|x| x.channel() == Some(c)))
+        })
+        .collect();
+    let next_cursor = (differences.len() > limit).then(|| differences[limit - 1].id);
+    differences.truncate(limit);
+    axum::Json(json!({
+        "active": live_id,
+        "candidate": { "id": candidate.content_id(), "rules": candidate.rule_ids() },
+        "recorder": admin.recorder.is_some(),
+        "summary": result.summary,
+        "differences": differences,
+        "next_cursor": next_cursor,
+    }))
+    .into_response()
 }
 
 /// The answer to an activation that did not happen.

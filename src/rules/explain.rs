@@ -105,6 +105,32 @@ pub(super) fn explain(compiled: &Compiled, event: &Event) -> Vec<RuleTrace> {
     })
 }
 
+/// The ids of the rules whose `match` and `when` accept `event` (what
+/// [`super::Evaluation::matched`] counts), without rendering anything.
+pub(super) fn matching(compiled: &Compiled, event: &Event) -> Vec<std::sync::Arc<str>> {
+    let payload = JValue::from(minijinja::value::Serde(&event.payload));
+    let meta = JValue::from(minijinja::value::Serde(&event.meta));
+    let base = context! { event => payload, meta => meta };
+    compiled.rules(|rules| {
+        rules
+            .iter()
+            .filter(|rule| {
+                rule.source.is_none_or(|s| s == event.meta.source)
+                    && rule
+                        .topic
+                        .as_ref()
+                        .is_none_or(|g| g.is_match(&event.meta.topic))
+                    && match &rule.when {
+                        Condition::Always => true,
+                        Condition::Never => false,
+                        Condition::Expr(e) => e.eval(base.clone()).is_ok_and(|v| v.is_true()),
+                    }
+            })
+            .map(|rule| rule.id.clone())
+            .collect()
+    })
+}
+
 fn trace(
     rule: &Rule<'_>,
     event: &Event,

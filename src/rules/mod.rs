@@ -20,6 +20,7 @@ mod compile;
 pub(crate) mod document;
 mod eval;
 mod explain;
+pub mod preview;
 pub mod versions;
 pub mod watch;
 
@@ -121,6 +122,11 @@ impl Rules {
     /// slower than [`Rules::evaluate`], every field is rendered).
     pub fn explain(&self, event: &crate::event::Event) -> Vec<RuleTrace> {
         explain::explain(&self.compiled, event)
+    }
+
+    /// The ids of the rules whose `match` and `when` accept `event`.
+    pub fn matching(&self, event: &crate::event::Event) -> Vec<Arc<str>> {
+        explain::matching(&self.compiled, event)
     }
 
     /// Where this version came from (a path or `built-in`).
