@@ -53,6 +53,23 @@ impl Rejection {
     }
 }
 
+/// A broker message's payload as an event payload: one JSON object of at
+/// most `max` bytes (the source's `max_message_bytes`); else why it is
+/// poison, and a detail for logs and dead-letter headers.
+pub fn decode_object(data: &[u8], max: usize) -> Result<serde_json::Value, (Rejection, String)> {
+    if data.len() > max {
+        return Err((
+            Rejection::TooLarge,
+            format!("{} bytes, above max_message_bytes {max}", data.len()),
+        ));
+    }
+    match serde_json::from_slice::<serde_json::Value>(data) {
+        Ok(v @ serde_json::Value::Object(_)) => Ok(v),
+        Ok(_) => Err((Rejection::InvalidJson, "expected a JSON object".to_string())),
+        Err(e) => Err((Rejection::InvalidJson, format!("invalid JSON: {e}"))),
+    }
+}
+
 /// What one event became.
 #[derive(Debug, Default)]
 pub struct Processed {
@@ -64,6 +81,20 @@ pub struct Processed {
     pub failures: Vec<RuleFailure>,
     /// Set when the event produced nothing because every rule failed.
     pub rejection: Option<Rejection>,
+}
+
+impl Processed {
+    /// Why the event is poison (every matching rule failed) with its rule
+    /// failures summed up for a dead-letter header; `None` when it is not.
+    pub fn poison(&self) -> Option<(Rejection, String)> {
+        let detail = self
+            .failures
+            .iter()
+            .map(|f| format!("rule {}: {}: {}", f.rule, f.field, f.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        self.rejection.map(|rejection| (rejection, detail))
+    }
 }
 
 /// See the module docs.
@@ -264,5 +295,27 @@ impl Pipeline {
                 "rule failed; notification dropped"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    #[test]
+    fn payloads_must_be_json_objects_within_the_limit() {
+        assert!(decode_object(br#"{"a":1}"#, 100).is_ok());
+        assert_eq!(
+            decode_object(b"[1]", 100).unwrap_err().0,
+            Rejection::InvalidJson
+        );
+        assert_eq!(
+            decode_object(b"nope", 100).unwrap_err().0,
+            Rejection::InvalidJson
+        );
+        assert_eq!(
+            decode_object(br#"{"a":1}"#, 3).unwrap_err().0,
+            Rejection::TooLarge
+        );
     }
 }

@@ -62,7 +62,7 @@ use serde_json::Value;
 
 use super::{Source, SourceContext, SourceError};
 use crate::event::{Event, Meta, SourceKind};
-use crate::pipeline::{Pipeline, Processed, Rejection};
+use crate::pipeline::{Pipeline, Processed, Rejection, decode_object};
 use crate::store::{Fence, StoreError};
 
 /// AMQP names (queues, exchanges, routing keys) are short strings.
@@ -725,7 +725,7 @@ impl<'a> Consume<'a> {
         };
         let pipeline = &self.ctx.pipeline;
         let meta = meta_of(&delivery);
-        let work: Work = match parse_body(&delivery.data, self.config.max_message_bytes) {
+        let work: Work = match decode_object(&delivery.data, self.config.max_message_bytes) {
             Ok(payload) => pipeline
                 .submit(&Event { payload, meta }, Some(&self.fence))
                 .map(|r| r.map(verdict_of))
@@ -869,32 +869,9 @@ impl<'a> Consume<'a> {
 }
 
 fn verdict_of(processed: Processed) -> Verdict {
-    match processed.rejection {
-        Some(rejection) => {
-            let detail = processed
-                .failures
-                .iter()
-                .map(|f| format!("rule {}: {}: {}", f.rule, f.field, f.message))
-                .collect::<Vec<_>>()
-                .join("; ");
-            Verdict::Poison(rejection, detail)
-        }
+    match processed.poison() {
+        Some((rejection, detail)) => Verdict::Poison(rejection, detail),
         None => Verdict::Appended,
-    }
-}
-
-/// The event payload: one JSON object no larger than `max` bytes.
-fn parse_body(data: &[u8], max: usize) -> Result<Value, (Rejection, String)> {
-    if data.len() > max {
-        return Err((
-            Rejection::TooLarge,
-            format!("{} bytes, above max_message_bytes {max}", data.len()),
-        ));
-    }
-    match serde_json::from_slice::<Value>(data) {
-        Ok(v @ Value::Object(_)) => Ok(v),
-        Ok(_) => Err((Rejection::InvalidJson, "expected a JSON object".to_string())),
-        Err(e) => Err((Rejection::InvalidJson, format!("invalid JSON: {e}"))),
     }
 }
 
@@ -1121,23 +1098,6 @@ mod tests {
                 .into()
             )),
             r#"[{"n":3},"s"]"#
-        );
-    }
-
-    #[test]
-    fn bodies_must_be_json_objects_within_the_limit() {
-        assert!(parse_body(br#"{"a":1}"#, 100).is_ok());
-        assert_eq!(
-            parse_body(b"[1]", 100).unwrap_err().0,
-            Rejection::InvalidJson
-        );
-        assert_eq!(
-            parse_body(b"nope", 100).unwrap_err().0,
-            Rejection::InvalidJson
-        );
-        assert_eq!(
-            parse_body(br#"{"a":1}"#, 3).unwrap_err().0,
-            Rejection::TooLarge
         );
     }
 
