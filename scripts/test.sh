@@ -4,7 +4,7 @@
 # Brings up what the tests need — Chromium and the browser-test npm
 # packages; RabbitMQ at $AMQP_URL (started locally when it is stopped);
 # Redis on 127.0.0.1:6379 (and redis-server for tests that start their
-# own); a Kafka-protocol broker at $KAFKA_BOOTSTRAP (default 127.0.0.1:9092,
+# own); nats-server (the NATS tests start their own, with JetStream); a Kafka-protocol broker at $KAFKA_BOOTSTRAP (default 127.0.0.1:9092,
 # started from the Tansu wheel when none answers); the benchmark peer's npm
 # packages — runs the browser client's unit tests and build check, every
 # cargo test, then the load generator's smoke test, and
@@ -28,6 +28,7 @@ source scripts/browser.sh
 ensure_browser
 source scripts/rabbitmq.sh
 source scripts/redis.sh
+source scripts/nats.sh
 # Exports KAFKA_BOOTSTRAP and TANSU_BIN (the outage tests start their own
 # Tansu brokers with it).
 source scripts/kafka.sh

@@ -751,7 +751,7 @@ mod tests {
                 (
                     "[[sources]]\nkind = \"kafak\"\n",
                     "herald.toml:2: `sources[0].kind`: unknown value \"kafak\"; \
-                     did you mean \"kafka\"? (one of \"http\", \"amqp\", \"kafka\")",
+                     did you mean \"kafka\"? (one of \"http\", \"amqp\", \"kafka\", \"nats\")",
                 ),
                 (
                     "[[sources]]\nkind = \"http\"\n\nmax_body = 3\n",

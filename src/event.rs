@@ -18,6 +18,7 @@ pub enum SourceKind {
     Http,
     Kafka,
     Amqp,
+    Nats,
 }
 
 impl SourceKind {
@@ -26,6 +27,7 @@ impl SourceKind {
             SourceKind::Http => "http",
             SourceKind::Kafka => "kafka",
             SourceKind::Amqp => "amqp",
+            SourceKind::Nats => "nats",
         }
     }
 }
@@ -43,8 +45,9 @@ impl std::str::FromStr for SourceKind {
             "http" => Ok(SourceKind::Http),
             "kafka" => Ok(SourceKind::Kafka),
             "amqp" => Ok(SourceKind::Amqp),
+            "nats" => Ok(SourceKind::Nats),
             other => Err(format!(
-                "unknown source kind {other:?} (expected http, kafka or amqp)"
+                "unknown source kind {other:?} (expected http, kafka, amqp or nats)"
             )),
         }
     }

@@ -12,6 +12,7 @@ use herald::config::Config;
 use herald::delivery::protocol::CloseCode;
 use herald::source::SourceConfig;
 use herald::source::amqp::{AmqpBinding, AmqpSourceConfig};
+use herald::source::nats::NatsSourceConfig;
 use serde_json::{Value, json};
 
 fn root() -> &'static Path {
@@ -106,6 +107,48 @@ fn amqp_source_configs_match_the_config_schema() {
     let typo =
         json!({"sources": [{"kind": "amqp", "url": "amqp://h", "queue": "q", "prefech": 1}]});
     assert!(!v.is_valid(&typo), "unknown keys are invalid");
+}
+
+#[test]
+fn a_nats_source_matches_the_config_schema_and_loads() {
+    let v = validator("schemas/config.schema.json");
+    let text = r#"
+[[sources]]
+kind = "nats"
+url = "tls://nats-1:4222"
+stream = "EVENTS"
+subjects = ["orders.>", "billing.*"]
+durable = "herald"
+ack_wait_ms = 10000
+max_ack_pending = 64
+dead_letter_subject = "herald.dead-letter"
+creds_file = "/etc/herald/nats.creds"
+tls_ca_file = "/etc/herald/ca.pem"
+"#;
+    let doc: Value = toml::from_str(text).unwrap();
+    assert_valid(&v, &doc, "a NATS source");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("herald.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = Config::load(Some(&path));
+    assert!(config.is_ok(), "{:?}", config.err());
+    let mut config = Config::default();
+    config
+        .sources
+        .push(SourceConfig::Nats(NatsSourceConfig::new(
+            "nats://localhost:4222",
+            "EVENTS",
+        )));
+    assert_valid(
+        &v,
+        &serde_json::to_value(&config).unwrap(),
+        "a config with a NATS source at its defaults",
+    );
+    let typo =
+        json!({"sources": [{"kind": "nats", "url": "nats://h", "stream": "S", "durabel": "x"}]});
+    assert!(!v.is_valid(&typo), "unknown keys are invalid");
+    let dotted = json!({"sources": [{"kind": "nats", "url": "nats://h", "stream": "a.b"}]});
+    assert!(!v.is_valid(&dotted), "stream names have no dots");
 }
 
 #[test]

@@ -250,7 +250,7 @@ fn diagnostics_name_rule_field_and_line() {
 #[test]
 fn schema_violations_are_located() {
     let d = diagnostics(
-        "rules:\n  - id: a\n    emit:\n      channel: x\n      titel: typo\n  - id: b\n    match: { source: nats }\n    emit: { channel: y }\n  - emit: { channel: z }\n",
+        "rules:\n  - id: a\n    emit:\n      channel: x\n      titel: typo\n  - id: b\n    match: { source: mqtt }\n    emit: { channel: y }\n  - emit: { channel: z }\n",
     );
     let got: Vec<_> = d
         .iter()

@@ -10,6 +10,7 @@
 pub mod amqp;
 pub mod http;
 pub mod kafka;
+pub mod nats;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -31,6 +32,8 @@ pub enum SourceConfig {
     Amqp(amqp::AmqpSourceConfig),
     /// A Kafka consumer-group member.
     Kafka(kafka::KafkaSourceConfig),
+    /// A durable pull consumer on a NATS JetStream stream.
+    Nats(nats::NatsSourceConfig),
 }
 
 impl SourceConfig {
@@ -56,6 +59,7 @@ impl SourceConfig {
             SourceConfig::Http(_) => "http",
             SourceConfig::Amqp(_) => "amqp",
             SourceConfig::Kafka(_) => "kafka",
+            SourceConfig::Nats(_) => "nats",
         }
     }
 
@@ -65,6 +69,7 @@ impl SourceConfig {
             SourceConfig::Http(c) => c.validate(),
             SourceConfig::Amqp(c) => c.validate(),
             SourceConfig::Kafka(c) => c.validate(),
+            SourceConfig::Nats(c) => c.validate(),
         }
     }
 
@@ -76,6 +81,7 @@ impl SourceConfig {
             SourceConfig::Http(_) => Box::new(http::HttpSource),
             SourceConfig::Amqp(c) => Box::new(amqp::AmqpSource::new(c.clone())),
             SourceConfig::Kafka(c) => Box::new(c.build(name, store)?),
+            SourceConfig::Nats(c) => Box::new(nats::NatsSource::new(c.clone())),
         })
     }
 }

@@ -13,6 +13,7 @@ pub mod auth;
 pub mod crash;
 pub mod kafka;
 pub mod lines;
+pub mod nats;
 pub mod port;
 pub mod process;
 pub mod producers;
