@@ -77,3 +77,45 @@ async fn a_page_with_a_token_gets_its_own_notifications_and_survives_a_refresh()
     );
     h.stop().await;
 }
+
+/// The rules playground (tests/browser/playground.mjs): a diagnostic at
+/// its line, the diff on a recorded event, and an activation a connected
+/// client sees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rules_playground_previews_and_activates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core").is_dir(),
+        "tests/browser/node_modules is missing: run scripts/test.sh (or scripts/browser.sh) first"
+    );
+    let h = common::Herald::start().await;
+    let channel = common::unique("playground");
+    h.publish(
+        "t",
+        &serde_json::json!({"channel": channel, "title": "before"}),
+    )
+    .await;
+    let url = h.base.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg("playground.mjs")
+            .current_dir(&dir)
+            .env("HERALD_URL", url)
+            .env("HERALD_CHANNEL", channel)
+            .output()
+    })
+    .await
+    .unwrap()
+    .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "playground test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("playground: 1 passed, 0 failed"),
+        "{stdout}"
+    );
+    h.stop().await;
+}

@@ -32,8 +32,15 @@ use crate::rules::preview::Sample;
 use crate::rules::versions::{API, ActivateError, StoredText};
 use crate::rules::{Format, Rules};
 
+/// The rules playground (`/admin/`): one page, no build step.
+const PLAYGROUND: &str = include_str!("playground.html");
+
 pub(super) fn routes() -> Router<Admin> {
     Router::new()
+        .route(
+            "/admin/",
+            get(|| async { axum::response::Html(PLAYGROUND) }),
+        )
         .route("/admin/rules", get(show).put(activate))
         .route("/admin/rules/rollback", post(rollback))
         .route("/admin/rules/preview", post(preview))
