@@ -216,6 +216,11 @@ pub struct StoreConfig {
     /// deployments sharing one Redis use different prefixes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_prefix: Option<String>,
+    /// Redis store with a `rediss://` URL: PEM file of the certificate
+    /// authority that signed Redis's certificate (a private CA). Without
+    /// it, `rediss://` trusts the system's root certificates.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
     /// Retained notifications per channel; older ones are trimmed.
     pub max_per_channel: usize,
     /// Retained age in seconds; 0 keeps notifications regardless of age.
@@ -232,6 +237,7 @@ impl Default for StoreConfig {
             path: None,
             url: None,
             key_prefix: None,
+            tls_ca_file: None,
             max_per_channel: 10_000,
             max_age_secs: 7 * 24 * 3600,
             dedupe_window: 10_000,
@@ -323,10 +329,12 @@ impl StoreConfig {
                 only("path", self.path.is_some(), "disk")?;
                 only("url", self.url.is_some(), "redis")?;
                 only("key_prefix", self.key_prefix.is_some(), "redis")?;
+                only("tls_ca_file", self.tls_ca_file.is_some(), "redis")?;
             }
             StoreKind::Disk => {
                 only("url", self.url.is_some(), "redis")?;
                 only("key_prefix", self.key_prefix.is_some(), "redis")?;
+                only("tls_ca_file", self.tls_ca_file.is_some(), "redis")?;
                 match &self.path {
                     None => {
                         return Err((
@@ -355,6 +363,12 @@ impl StoreConfig {
                     return Err((
                         "store.url".into(),
                         "must start with redis://, rediss://, redis+unix:// or unix://".into(),
+                    ));
+                }
+                if self.tls_ca_file.is_some() && !url.starts_with("rediss://") {
+                    return Err((
+                        "store.tls_ca_file".into(),
+                        "only used with a rediss:// store.url".into(),
                     ));
                 }
                 let prefix = self.key_prefix();
@@ -665,6 +679,11 @@ mod tests {
                     "store.path",
                 ),
                 ("[store]\nkey_prefix = \"p:\"\n", "store.key_prefix"),
+                ("[store]\ntls_ca_file = \"ca.pem\"\n", "store.tls_ca_file"),
+                (
+                    "[store]\nkind = \"redis\"\nurl = \"redis://x\"\ntls_ca_file = \"ca.pem\"\n",
+                    "store.tls_ca_file",
+                ),
                 (
                     "[store]\nkind = \"redis\"\nurl = \"redis://x\"\nkey_prefix = \"a b\"\n",
                     "store.key_prefix",

@@ -241,6 +241,37 @@ impl std::fmt::Debug for RedisStore {
     }
 }
 
+/// The client for `url`. With `ca_file` (a `rediss://` URL only, as
+/// configuration checks), the server certificate must chain to the PEM
+/// certificates in that file and to nothing else; without it, `rediss://`
+/// trusts the system's roots. A file that cannot be read, or holds no
+/// certificate, is a configuration error: herald does not start.
+pub fn client(url: &str, ca_file: Option<&std::path::Path>) -> Result<Client, String> {
+    let Some(ca_file) = ca_file else {
+        if url.starts_with("rediss://") {
+            crate::tls::install_default_provider();
+        }
+        return Client::open(url).map_err(|e| format!("store.url: {e}"));
+    };
+    let pem = std::fs::read(ca_file)
+        .map_err(|e| format!("store.tls_ca_file: {}: {e}", ca_file.display()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "store.tls_ca_file: {}: no CERTIFICATE block",
+            ca_file.display()
+        ));
+    }
+    crate::tls::install_default_provider();
+    Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem),
+        },
+    )
+    .map_err(|e| format!("store.tls_ca_file: {}: {e}", ca_file.display()))
+}
+
 impl RedisStore {
     /// Connect to `config.url`. An unreachable Redis is not an error here:
     /// herald starts, appends fail until Redis answers.
@@ -253,7 +284,7 @@ impl RedisStore {
             .url
             .as_deref()
             .ok_or_else(|| OpenError::Config("store.url is required for the redis store".into()))?;
-        let client = Client::open(url).map_err(|e| OpenError::Config(format!("store.url: {e}")))?;
+        let client = client(url, config.tls_ca_file.as_deref()).map_err(OpenError::Config)?;
         let addr = client.get_connection_info().addr().to_string();
         let manager = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))

@@ -1,9 +1,9 @@
 //! Redis for tests: the machine's shared server (nothing on disk; tests
 //! keep apart by key prefix, a [`Prefix`] deleting its keys on drop) and
 //! private servers a test starts, kills and restarts itself on a
-//! [`Reserved`] port.
+//! [`Reserved`] port, in plain text or TLS only ([`RedisServer::start_tls`]).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,8 @@ pub struct RedisServer {
     persistent: bool,
     /// More `redis-server` arguments.
     extra: Vec<String>,
+    /// TLS only: `--port 0` and the TLS listener on `port`.
+    tls: bool,
 }
 
 impl RedisServer {
@@ -123,9 +125,43 @@ impl RedisServer {
             dir: tempfile::tempdir().unwrap(),
             persistent,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            tls: false,
         };
         s.spawn();
         s
+    }
+
+    /// A non-persistent server speaking TLS only, on `port`, with the PEM
+    /// certificate chain and key given and `ca_file` for client
+    /// certificates (which it does not ask for: `--tls-auth-clients no`).
+    pub fn start_tls(cert_file: &Path, key_file: &Path, ca_file: &Path) -> Self {
+        let reserved = Reserved::new();
+        let path = |p: &Path| p.to_str().unwrap().to_string();
+        let mut s = Self {
+            child: None,
+            port: reserved.port,
+            _reserved: reserved,
+            dir: tempfile::tempdir().unwrap(),
+            persistent: false,
+            extra: vec![
+                "--tls-cert-file".into(),
+                path(cert_file),
+                "--tls-key-file".into(),
+                path(key_file),
+                "--tls-ca-cert-file".into(),
+                path(ca_file),
+                "--tls-auth-clients".into(),
+                "no".into(),
+            ],
+            tls: true,
+        };
+        s.spawn();
+        s
+    }
+
+    /// `rediss://` for a server started with [`Self::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://127.0.0.1:{}", self.port)
     }
 
     pub fn url(&self) -> String {
@@ -137,8 +173,14 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) {
+        let port = self.port.to_string();
+        let (plain, tls) = if self.tls {
+            ("0", port.as_str())
+        } else {
+            (port.as_str(), "0")
+        };
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        cmd.args(["--bind", "127.0.0.1", "--port", plain, "--tls-port", tls])
             .arg("--dir")
             .arg(self.dir.path())
             .args(["--save", "", "--daemonize", "no"])
@@ -157,6 +199,21 @@ impl RedisServer {
             .expect("redis-server is installed (scripts/test.sh installs it)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
+        if self.tls {
+            // No plain port to PING: Redis logs when it accepts connections.
+            while !std::fs::read_to_string(self.log())
+                .unwrap_or_default()
+                .contains("Ready to accept connections")
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "redis-server (TLS) did not start: {}",
+                    std::fs::read_to_string(self.log()).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            return;
+        }
         let client = redis::Client::open(self.url()).unwrap();
         loop {
             if let Ok(mut conn) = client.get_connection() {

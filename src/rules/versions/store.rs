@@ -93,7 +93,8 @@ pub fn open(config: &StoreConfig) -> std::result::Result<Box<dyn VersionStore>, 
         }
         StoreKind::Redis => {
             let url = config.url.as_deref().ok_or("store.url is required")?;
-            Box::new(RedisVersions::new(url, config.key_prefix())?)
+            let client = crate::store::redis::client(url, config.tls_ca_file.as_deref())?;
+            Box::new(RedisVersions::new(client, config.key_prefix())?)
         }
     })
 }
@@ -260,8 +261,7 @@ impl std::fmt::Debug for RedisVersions {
 impl RedisVersions {
     /// A lazy connection: nothing is sent until the first call, so an
     /// unreachable Redis at start is not an error here.
-    pub fn new(url: &str, prefix: &str) -> std::result::Result<Self, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("store.url: {e}"))?;
+    pub fn new(client: redis::Client, prefix: &str) -> std::result::Result<Self, String> {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(1)))
             .set_response_timeout(Some(Duration::from_secs(2)))
