@@ -179,6 +179,20 @@ impl Certificates {
     }
 }
 
+/// Make aws-lc-rs rustls's process-wide crypto provider, once.
+///
+/// The listeners pass their provider explicitly, but libraries that build
+/// their own rustls configuration (the redis crate for `rediss://`) ask for
+/// the process default, and rustls panics when more than one provider is
+/// compiled in and none was chosen. Installing again is a no-op.
+pub fn install_default_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Err means another one was installed first: that one serves.
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,18 +256,4 @@ mod tests {
         // The same broken content again is not retried.
         assert!(!certificates.reload().expect("already tried"));
     }
-}
-
-/// Make aws-lc-rs rustls's process-wide crypto provider, once.
-///
-/// The listeners pass their provider explicitly, but libraries that build
-/// their own rustls configuration (the redis crate for `rediss://`) ask for
-/// the process default, and rustls panics when more than one provider is
-/// compiled in and none was chosen. Installing again is a no-op.
-pub fn install_default_provider() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // Err means another one was installed first: that one serves.
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    });
 }
