@@ -236,6 +236,30 @@ fn a_config_with_a_bad_value_exits_2_naming_the_key() {
     assert!(err.contains("127.0.0.1:18303"), "{err}");
 }
 
+/// A `store.tls_ca_file` that is missing or holds no certificate stops
+/// the start, naming the key and the file (a certificate Redis presents
+/// that does not verify does not: tests/redis_tls.rs).
+#[test]
+fn an_unusable_redis_ca_file_exits_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let config = format!(
+        "[store]\nkind = \"redis\"\nurl = \"rediss://127.0.0.1:1\"\ntls_ca_file = \"{}\"\n",
+        ca.display()
+    );
+    let file = write(&dir, "herald.toml", &config);
+    let (code, _, err) = run(herald().args(["serve", "--config"]).arg(&file));
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("store.tls_ca_file") && err.contains("ca.pem"),
+        "{err}"
+    );
+    std::fs::write(&ca, "not a certificate\n").unwrap();
+    let (code, _, err) = run(herald().args(["serve", "--config"]).arg(&file));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no CERTIFICATE block"), "{err}");
+}
+
 /// Printed once, as plain text (it was an ERROR log line and the same text
 /// again).
 #[test]
