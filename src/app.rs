@@ -25,7 +25,7 @@ use crate::auth::api_keys::ApiKeys;
 use crate::auth::{Auth, AuthError, AuthMode};
 use crate::config::Config;
 use crate::delivery::hub::Hub;
-use crate::delivery::session::Shared;
+use crate::delivery::session::SessionContext;
 use crate::delivery::ws::{self, Gateway};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
@@ -155,7 +155,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut sources = Vec::new();
     for (i, source_config) in config.sources.iter().enumerate() {
         let name = source_name(&config.sources, i);
-        let source = source_config.build(&name, config.store.kind)?;
+        let source = source_config.build(&name, store.hints())?;
         sources.push((name, source));
     }
 
@@ -223,7 +223,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     source_tasks.close();
 
     let gateway = Arc::new(Gateway {
-        shared: Arc::new(Shared {
+        shared: Arc::new(SessionContext {
             hub,
             store: store.clone(),
             metrics: metrics.clone(),
@@ -412,7 +412,7 @@ fn listener_edge(
             server.max_http_connections,
             server.max_connections_per_ip,
             server.connect_rate_per_ip,
-            metrics.clone(),
+            metrics.edge.clone(),
         ),
         header_timeout: Duration::from_millis(server.handshake_timeout_ms),
         drain: Duration::from_millis(server.shutdown_timeout_ms),
@@ -455,11 +455,11 @@ fn edge_checks(
     let request_timeout = Duration::from_millis(server.request_timeout_ms);
     router
         .layer(axum::middleware::from_fn_with_state(
-            (Arc::new(policy), metrics.clone()),
+            (Arc::new(policy), metrics.edge.clone()),
             crate::edge::origin::guard,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            (request_timeout, metrics.clone()),
+            (request_timeout, metrics.edge.clone()),
             crate::edge::limits::guard,
         ))
 }

@@ -24,11 +24,12 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
+use serde::Serialize;
 
 use crate::event::Event;
 use crate::metrics::Metrics;
 use crate::recorder::Recorder;
-use crate::rules::{RuleFailure, Rules};
+use crate::rules::{Priority, Rendered, RuleFailure, Rules};
 use crate::store::{Fence, NewNotification, Store, StoreError};
 use crate::throttle::Throttle;
 
@@ -188,7 +189,7 @@ impl Pipeline {
         let mut batch = Vec::with_capacity(evaluation.notifications.len());
         let mut kept = Vec::new();
         for rendered in &evaluation.notifications {
-            let n = NewNotification::from_rendered(rendered);
+            let n = new_notification(rendered);
             if n.fields.len() > self.max_notification_bytes {
                 failures.push(RuleFailure {
                     rule: rendered.rule.clone(),
@@ -295,6 +296,48 @@ impl Pipeline {
                 "rule failed; notification dropped"
             );
         }
+    }
+}
+
+impl crate::rules::versions::Live for Pipeline {
+    fn rules(&self) -> Arc<Rules> {
+        Pipeline::rules(self)
+    }
+
+    fn set_rules(&self, rules: Rules) {
+        Pipeline::set_rules(self, rules);
+    }
+
+    fn metrics(&self) -> &Arc<Metrics> {
+        Pipeline::metrics(self)
+    }
+}
+
+/// A rule's rendered output as an entry for the log: its notification
+/// members serialized once, to be spliced into every frame.
+fn new_notification(r: &Rendered) -> NewNotification {
+    #[derive(Serialize)]
+    struct Fields<'a> {
+        event: &'a str,
+        title: &'a str,
+        body: &'a str,
+        data: &'a serde_json::Value,
+        priority: Priority,
+    }
+    let object = serde_json::to_string(&Fields {
+        event: &r.event,
+        title: &r.title,
+        body: &r.body,
+        data: &r.data,
+        priority: r.priority,
+    })
+    .unwrap_or_else(|_| "{}".into());
+    // `{...}` without its braces.
+    let fields = object[1..object.len() - 1].to_string();
+    NewNotification {
+        channel: r.channel.clone(),
+        dedupe_key: r.dedupe_key.clone(),
+        fields,
     }
 }
 

@@ -128,12 +128,12 @@ pub async fn serve(listener: TcpListener, router: Router, stop: CancellationToke
                     match tokio::time::timeout(header_timeout, acceptor.accept(io)).await {
                         Ok(Ok(tls)) => Box::new(tls),
                         Ok(Err(e)) => {
-                            metrics.edge.tls_handshake_failures.inc();
+                            metrics.tls_handshake_failures.inc();
                             tracing::debug!(%peer, error = %e, "TLS handshake failed");
                             return;
                         }
                         Err(_) => {
-                            metrics.edge.tls_handshake_failures.inc();
+                            metrics.tls_handshake_failures.inc();
                             tracing::debug!(%peer, "TLS handshake timed out");
                             return;
                         }

@@ -65,8 +65,9 @@ async fn check_read_before(store: Arc<dyn Store>) {
         page_offsets(&read(u64::MAX, 100).await),
         [4, 5, 6, 7, 8, 9, 10]
     );
-    let frame: Value = serde_json::from_str(&read(6, 1).await.entries[0].frame).unwrap();
-    assert_eq!(frame["title"], "n4");
+    let fields = format!("{{{}}}", read(6, 1).await.entries[0].fields);
+    let fields: Value = serde_json::from_str(&fields).unwrap();
+    assert_eq!(fields["title"], "n4");
     let nobody = store
         .read_before(&unique("nobody"), u64::MAX, 5)
         .await

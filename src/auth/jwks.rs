@@ -103,10 +103,7 @@ impl Jwks {
     }
 
     pub(super) fn status(&self) -> Status {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        crate::sync::lock(&self.status).clone()
     }
 
     /// Fetch now (waiting for a fetch in flight first) and replace the keys
@@ -137,7 +134,7 @@ impl Jwks {
 
     async fn fetch_locked(&self) -> Result<usize, JwksError> {
         let result = self.download().await;
-        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        let mut status = crate::sync::lock(&self.status);
         match result {
             Ok(keys) => {
                 let n = keys.len();

@@ -30,10 +30,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use super::protocol::check_channel;
+use super::protocol::NotificationFrame;
 use super::refusal::{self, Refusal};
-use super::session::Shared;
-use crate::store::{Delivery, Page, Store, StoreError, parse_id};
+use super::session::SessionContext;
+use crate::store::{Entry, Page, Store, StoreError, parse_id};
 
 /// Notifications per page unless `limit` says otherwise.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -111,7 +111,7 @@ impl HistoryQuery {
 /// One page of the answer.
 #[derive(Debug)]
 pub struct Answer {
-    pub entries: Vec<Arc<Delivery>>,
+    pub entries: Vec<Arc<Entry>>,
     pub position: String,
     pub recovered: bool,
     pub more: bool,
@@ -120,14 +120,14 @@ pub struct Answer {
 impl Answer {
     /// The JSON body; the notification frames are spliced in as they are.
     pub fn to_json(&self) -> String {
-        let frames: usize = self.entries.iter().map(|d| d.frame.len() + 1).sum();
+        let frames: usize = self.entries.iter().map(|d| d.fields.len() + 160).sum();
         let mut body = String::with_capacity(frames + 96);
         body.push_str("{\"notifications\":[");
         for (i, d) in self.entries.iter().enumerate() {
             if i > 0 {
                 body.push(',');
             }
-            body.push_str(&d.frame);
+            body.push_str(&NotificationFrame::text(d));
         }
         body.push_str("],\"position\":");
         body.push_str(&serde_json::to_string(&self.position).unwrap_or_default());
@@ -213,7 +213,7 @@ fn backward(page: Page, end: u64, recovered: bool) -> Answer {
 
 /// `GET /channels/{channel}/notifications`.
 pub async fn notifications(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<SessionContext>>,
     Path(channel): Path<String>,
     uri: Uri,
     headers: HeaderMap,
@@ -239,13 +239,13 @@ pub async fn notifications(
 }
 
 async fn serve(
-    shared: &Shared,
+    shared: &SessionContext,
     channel: &str,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Answer, Refusal> {
     let metrics = &shared.metrics;
-    check_channel(channel).map_err(Refusal::bad_request)?;
+    crate::channel::check(channel).map_err(Refusal::bad_request)?;
     let history = HistoryQuery::parse(query).map_err(Refusal::bad_request)?;
     let principal = refusal::authenticate(&shared.auth, metrics, "history", query, headers).await?;
     refusal::authorize(&principal, metrics, "history", channel)?;

@@ -5,10 +5,11 @@
 //!   has a bounded queue, and a full queue marks that session too slow (it is
 //!   then closed with 4008 and resumes from its last id) without touching the
 //!   others;
-//! - the store calls `publish` per channel in offset order; the hub keeps
-//!   that order into every queue;
-//! - the frame bytes are shared: one `Arc<Delivery>` per notification,
-//!   cloned (a reference count) per subscriber.
+//! - the store calls `publish` (the hub is its [`Publish`]) per channel in
+//!   offset order; the hub keeps that order into every queue;
+//! - a notification is encoded once, and only when its channel has
+//!   subscribers: one `Arc<NotificationFrame>` per notification, cloned (a
+//!   reference count) per subscriber.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -18,8 +19,9 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{Notify, mpsc};
 
+use super::protocol::NotificationFrame;
 use crate::metrics::Metrics;
-use crate::store::Delivery;
+use crate::store::{Entry, Publish};
 
 const SHARDS: usize = 16;
 
@@ -37,7 +39,7 @@ pub struct Hub {
 #[derive(Debug)]
 pub struct Subscriber {
     id: u64,
-    tx: mpsc::Sender<Arc<Delivery>>,
+    tx: mpsc::Sender<Arc<NotificationFrame>>,
     too_slow: AtomicBool,
     overflow: Notify,
 }
@@ -70,7 +72,10 @@ impl Hub {
     }
 
     /// A new subscriber with a queue of `capacity` notifications.
-    pub fn subscriber(&self, capacity: usize) -> (Arc<Subscriber>, mpsc::Receiver<Arc<Delivery>>) {
+    pub fn subscriber(
+        &self,
+        capacity: usize,
+    ) -> (Arc<Subscriber>, mpsc::Receiver<Arc<NotificationFrame>>) {
         let (tx, rx) = mpsc::channel(capacity);
         let sub = Arc::new(Subscriber {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -89,10 +94,7 @@ impl Hub {
 
     /// Start delivering `channel` to `sub`. Idempotent.
     pub fn subscribe(&self, channel: &str, sub: &Arc<Subscriber>) {
-        let mut shard = self
-            .shard(channel)
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = crate::sync::write(self.shard(channel));
         let subs = shard.entry(Arc::from(channel)).or_default();
         if !subs.iter().any(|s| s.id == sub.id) {
             subs.push(sub.clone());
@@ -101,10 +103,7 @@ impl Hub {
 
     /// Stop delivering `channel` to the subscriber `id`.
     pub fn unsubscribe(&self, channel: &str, id: u64) {
-        let mut shard = self
-            .shard(channel)
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = crate::sync::write(self.shard(channel));
         if let Some(subs) = shard.get_mut(channel) {
             subs.retain(|s| s.id != id);
             if subs.is_empty() {
@@ -113,18 +112,25 @@ impl Hub {
         }
     }
 
-    /// Queue `delivery` for every subscriber of its channel.
-    pub fn publish(&self, delivery: &Arc<Delivery>) {
-        let shard = self
-            .shard(&delivery.channel)
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
-        let Some(subs) = shard.get(&delivery.channel) else {
+    /// Number of sessions subscribed to `channel`.
+    pub fn subscribers(&self, channel: &str) -> usize {
+        crate::sync::read(self.shard(channel))
+            .get(channel)
+            .map_or(0, Vec::len)
+    }
+}
+
+impl Publish for Hub {
+    /// Queue `entry`'s frame for every subscriber of its channel.
+    fn publish(&self, entry: &Arc<Entry>) {
+        let shard = crate::sync::read(self.shard(&entry.channel));
+        let Some(subs) = shard.get(&entry.channel) else {
             return;
         };
+        let frame = Arc::new(NotificationFrame::encode(entry));
         let mut queued = 0u64;
         for sub in subs {
-            match sub.tx.try_send(delivery.clone()) {
+            match sub.tx.try_send(frame.clone()) {
                 Ok(()) => queued += 1,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     if !sub.too_slow.swap(true, Ordering::AcqRel) {
@@ -137,30 +143,20 @@ impl Hub {
         }
         self.metrics.fanout_queued.inc_by(queued);
     }
-
-    /// Number of sessions subscribed to `channel`.
-    pub fn subscribers(&self, channel: &str) -> usize {
-        self.shard(channel)
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(channel)
-            .map_or(0, Vec::len)
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn delivery(channel: &str, offset: u64) -> Arc<Delivery> {
-        Arc::new(Delivery::build(
-            channel.into(),
-            &format!("{channel:?}"),
-            "e".into(),
+    fn entry(channel: &str, offset: u64) -> Arc<Entry> {
+        Arc::new(Entry {
+            channel: channel.into(),
+            epoch: "e".into(),
             offset,
-            0,
-            "",
-        ))
+            at_ms: 0,
+            fields: String::new(),
+        })
     }
 
     #[tokio::test]
@@ -171,7 +167,7 @@ mod tests {
         hub.subscribe("c", &slow);
         hub.subscribe("c", &fast);
         for offset in 1..=3 {
-            hub.publish(&delivery("c", offset));
+            hub.publish(&entry("c", offset));
         }
         assert!(slow.is_too_slow());
         slow.overflowed().await;
@@ -190,7 +186,7 @@ mod tests {
         hub.subscribe("c", &sub);
         assert_eq!(hub.subscribers("c"), 1);
         hub.unsubscribe("c", sub.id());
-        hub.publish(&delivery("c", 1));
+        hub.publish(&entry("c", 1));
         assert!(rx.try_recv().is_err());
         assert_eq!(hub.subscribers("c"), 0);
     }

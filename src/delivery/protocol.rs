@@ -2,28 +2,82 @@
 //! `schemas/server-frame.schema.json`, `schemas/close-codes.json`).
 //!
 //! Server → client: one JSON object per text frame, with a `type`:
-//! `notification` (pre-serialized by the log), `subscribed`, `error`, `pong`,
-//! `refreshed`.
+//! `notification` (a [`NotificationFrame`], serialized once per log entry
+//! and shared by every session that sends it), `subscribed`, `error`,
+//! `pong`, `refreshed`.
 //! Client → server: `subscribe`, `unsubscribe`, `ping`, `refresh`.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// Longest channel name accepted.
-pub const MAX_CHANNEL_LEN: usize = 200;
+use crate::store::Entry;
 
-/// A channel name is 1–200 characters with no whitespace or control
-/// characters (`user:42`, `team:7`, `ticker:AAPL`, `broadcast`).
-pub fn check_channel(channel: &str) -> Result<(), &'static str> {
-    if channel.is_empty() {
-        return Err("channel name is empty");
+/// A `notification` frame ready to write. The hub encodes each committed
+/// entry once and shares the frame (a reference count) with every
+/// subscriber; a replay encodes what it reads.
+#[derive(Debug)]
+pub struct NotificationFrame {
+    pub channel: Arc<str>,
+    pub epoch: Arc<str>,
+    pub offset: u64,
+    /// The whole frame: `{"type":"notification","id":…,"channel":…,
+    /// "offset":…,"epoch":…,"time":…,` then the entry's fields.
+    pub text: Utf8Bytes,
+}
+
+impl NotificationFrame {
+    pub fn encode(entry: &Entry) -> Self {
+        Self {
+            channel: entry.channel.clone(),
+            epoch: entry.epoch.clone(),
+            offset: entry.offset,
+            text: Self::text(entry),
+        }
     }
-    if channel.len() > MAX_CHANNEL_LEN {
-        return Err("channel name is longer than 200 bytes");
+
+    /// Only the frame's text (a replay writes it and keeps nothing else).
+    pub fn text(entry: &Entry) -> Utf8Bytes {
+        let time = crate::clock::rfc3339_ms(entry.at_ms);
+        let offset = entry.offset.to_string();
+        let epoch = &*entry.epoch;
+        let mut frame = String::with_capacity(
+            96 + 2 * (epoch.len() + offset.len()) + entry.channel.len() + entry.fields.len(),
+        );
+        frame.push_str("{\"type\":\"notification\",\"id\":\"");
+        frame.push_str(epoch);
+        frame.push('-');
+        frame.push_str(&offset);
+        frame.push_str("\",\"channel\":");
+        push_json_string(&mut frame, &entry.channel);
+        frame.push_str(",\"offset\":");
+        frame.push_str(&offset);
+        frame.push_str(",\"epoch\":\"");
+        frame.push_str(epoch);
+        frame.push_str("\",\"time\":\"");
+        frame.push_str(&time);
+        frame.push('"');
+        if !entry.fields.is_empty() {
+            frame.push(',');
+            frame.push_str(&entry.fields);
+        }
+        frame.push('}');
+        Utf8Bytes::from(frame)
     }
-    if channel.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("channel name contains whitespace or control characters");
+}
+
+/// Append `s` as a JSON string. Channel names rarely need escaping (no
+/// whitespace or control characters are allowed), so the common case is a
+/// copy between quotes.
+fn push_json_string(out: &mut String, s: &str) {
+    if s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.push_str(&serde_json::to_string(s).unwrap_or_else(|_| "\"\"".into()));
+    } else {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
     }
-    Ok(())
 }
 
 /// Close codes herald sends. What a client should do is in
@@ -259,13 +313,38 @@ mod tests {
         assert!(serde_json::from_str::<ClientFrame>(r#"{"type":"dance"}"#).is_err());
     }
 
+    fn entry(channel: &str, fields: &str) -> Entry {
+        Entry {
+            channel: channel.into(),
+            epoch: "e1".into(),
+            offset: 7,
+            at_ms: 1_700_000_000_000,
+            fields: fields.into(),
+        }
+    }
+
     #[test]
-    fn channel_names() {
-        assert!(check_channel("user:42").is_ok());
-        assert!(check_channel("").is_err());
-        assert!(check_channel("a b").is_err());
-        assert!(check_channel("a\nb").is_err());
-        assert!(check_channel(&"x".repeat(201)).is_err());
+    fn notification_frame_is_one_json_object() {
+        let f = NotificationFrame::encode(&entry("user:1", "\"title\":\"t\""));
+        let v: serde_json::Value = serde_json::from_str(&f.text).expect("json");
+        assert_eq!(v["type"], "notification");
+        assert_eq!(v["id"], "e1-7");
+        assert_eq!(v["offset"], 7);
+        assert_eq!(v["epoch"], "e1");
+        assert_eq!(v["channel"], "user:1");
+        assert_eq!(v["title"], "t");
+        assert_eq!(v["time"], "2023-11-14T22:13:20Z");
+        let bare = NotificationFrame::encode(&entry("c", ""));
+        assert!(serde_json::from_str::<serde_json::Value>(&bare.text).is_ok());
+    }
+
+    #[test]
+    fn channel_names_are_escaped_in_frames() {
+        for channel in ["a\"b", "a\\b", "ünï:ok"] {
+            let f = NotificationFrame::encode(&entry(channel, ""));
+            let v: serde_json::Value = serde_json::from_str(&f.text).expect("json");
+            assert_eq!(v["channel"], channel);
+        }
     }
 
     #[test]

@@ -43,11 +43,11 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Hub, Subscriber};
-use super::protocol::{ClientFrame, CloseCode, ErrorCode, ServerFrame, check_channel};
+use super::protocol::{ClientFrame, CloseCode, ErrorCode, NotificationFrame, ServerFrame};
 use crate::auth::{Auth, Principal};
 use crate::config::DeliveryConfig;
 use crate::metrics::Metrics;
-use crate::store::{Delivery, Store, StoreError, parse_id};
+use crate::store::{Store, StoreError, parse_id};
 
 /// Most queued notifications written before one flush.
 const COALESCE: usize = 256;
@@ -69,7 +69,7 @@ const WRITE_STALLED: &str = "write_stalled";
 
 /// What every session shares.
 #[derive(Debug)]
-pub struct Shared {
+pub struct SessionContext {
     pub hub: Arc<Hub>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
@@ -82,7 +82,7 @@ pub struct Shared {
 
 /// A subscription asked for at connect time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Request {
+pub struct Subscription {
     pub channel: String,
     pub last_id: Option<String>,
     /// Without `last_id`: replay the last `rewind` retained notifications.
@@ -100,8 +100,8 @@ struct Position {
 /// One step of the session loop.
 #[derive(Debug)]
 enum Work {
-    Subscribe(Vec<Request>),
-    Deliver(Arc<Delivery>),
+    Subscribe(Vec<Subscription>),
+    Deliver(Arc<NotificationFrame>),
     Message(Message),
     Ping,
 }
@@ -119,9 +119,9 @@ type SendResult = Result<(), End>;
 
 struct Session<S> {
     socket: S,
-    shared: Arc<Shared>,
+    shared: Arc<SessionContext>,
     sub: Arc<Subscriber>,
-    rx: mpsc::Receiver<Arc<Delivery>>,
+    rx: mpsc::Receiver<Arc<NotificationFrame>>,
     channels: HashMap<Arc<str>, Position>,
     /// Notifications written since the last metrics update.
     written: u64,
@@ -140,11 +140,11 @@ struct Session<S> {
 }
 
 /// Run a session for `principal` until it ends; returns the close reason
-/// label. `requests` were checked against the principal by the gateway.
+/// label. `subscriptions` were checked against the principal by the gateway.
 pub async fn run<S>(
     socket: S,
-    shared: Arc<Shared>,
-    requests: Vec<Request>,
+    shared: Arc<SessionContext>,
+    subscriptions: Vec<Subscription>,
     principal: Principal,
 ) -> &'static str
 where
@@ -170,7 +170,7 @@ where
         expires: refresh::deadline(&principal),
         principal,
     };
-    let end = session.serve(requests).await;
+    let end = session.serve(subscriptions).await;
     let reason = match end {
         End::Close(code, text) => {
             session.close(code, Utf8Bytes::from_static(text)).await;
@@ -204,11 +204,11 @@ where
         + Stream<Item = Result<Message, tungstenite::Error>>
         + Unpin,
 {
-    async fn serve(&mut self, requests: Vec<Request>) -> End {
+    async fn serve(&mut self, subscriptions: Vec<Subscription>) -> End {
         let config = &self.shared.config;
         let ping_every = Duration::from_millis(config.ping_interval_ms);
         let pong_timeout = self.pong_timeout;
-        if let Err(end) = self.guarded(Work::Subscribe(requests)).await {
+        if let Err(end) = self.guarded(Work::Subscribe(subscriptions)).await {
             return end;
         }
         let mut pings = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
@@ -271,8 +271,8 @@ where
 
     async fn perform(&mut self, work: Work) -> SendResult {
         match work {
-            Work::Subscribe(requests) => {
-                for r in requests {
+            Work::Subscribe(subscriptions) => {
+                for r in subscriptions {
                     self.subscribe(&r.channel, r.last_id.as_deref(), r.rewind)
                         .await?;
                 }
@@ -345,7 +345,7 @@ where
         last_id: Option<&str>,
         rewind: Option<u64>,
     ) -> SendResult {
-        if let Err(problem) = check_channel(channel) {
+        if let Err(problem) = crate::channel::check(channel) {
             return self
                 .error(ErrorCode::BadChannel, problem, Some(channel))
                 .await;
@@ -460,7 +460,7 @@ where
                         // Trimmed while we were replaying: an honest gap.
                         recovered = false;
                     }
-                    self.feed(d.frame.clone()).await?;
+                    self.feed(NotificationFrame::text(d)).await?;
                     sent = d.offset;
                     replayed += 1;
                 }
@@ -509,7 +509,7 @@ where
     }
 
     /// Write `first` and whatever else is queued, then flush once.
-    async fn deliver_queued(&mut self, first: Arc<Delivery>) -> SendResult {
+    async fn deliver_queued(&mut self, first: Arc<NotificationFrame>) -> SendResult {
         let mut next = Some(first);
         let mut n = 0;
         while let Some(d) = next {
@@ -533,7 +533,7 @@ where
         self.flush().await
     }
 
-    async fn deliver(&mut self, d: &Arc<Delivery>) -> Result<(), Failure> {
+    async fn deliver(&mut self, d: &Arc<NotificationFrame>) -> Result<(), Failure> {
         let Some(pos) = self.channels.get(&d.channel) else {
             return Ok(()); // unsubscribed since it was queued
         };
@@ -564,7 +564,7 @@ where
         if d.offset > sent + 1 {
             self.fill(&d.channel, sent, d.offset).await?;
         }
-        self.feed(d.frame.clone()).await?;
+        self.feed(d.text.clone()).await?;
         if let Some(p) = self.channels.get_mut(&d.channel) {
             p.offset = d.offset;
         }
@@ -581,7 +581,7 @@ where
                 .await?;
             let before = sent;
             for d in page.entries.iter().take_while(|d| d.offset < until) {
-                self.feed(d.frame.clone()).await?;
+                self.feed(NotificationFrame::text(d)).await?;
                 sent = d.offset;
             }
             if sent == before {

@@ -50,7 +50,7 @@ use tokio_util::sync::PollSender;
 
 use super::protocol::CloseCode;
 use super::refusal::{self, Refusal};
-use super::session::{self, Request as Subscription, Shared};
+use super::session::{self, SessionContext, Subscription};
 use super::ws::{ConnectQuery, Gateway};
 
 /// The prefix of a multi-channel cursor.
@@ -150,7 +150,7 @@ async fn admit(
         .map_err(Refusal::bad_request)?;
     let principal = refusal::authenticate(&shared.auth, metrics, "sse", query, headers).await?;
     let mut requests = connect
-        .requests(&principal, &config.default_channels)
+        .subscriptions(&principal, &config.default_channels)
         .map_err(|why| {
             metrics.auth_rejected("sse", "forbidden");
             Refusal {
@@ -183,7 +183,7 @@ pub async fn serve(gw: Arc<Gateway>, req: Request) -> Response {
     let mut config = base.config.clone();
     // The session's ping becomes the heartbeat comment.
     config.ping_interval_ms = config.sse_heartbeat_ms;
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(SessionContext {
         hub: base.hub.clone(),
         store: base.store.clone(),
         metrics: base.metrics.clone(),
@@ -218,7 +218,7 @@ pub async fn serve(gw: Arc<Gateway>, req: Request) -> Response {
         .into_response()
 }
 
-/// The start of every notification frame ([`crate::store::Delivery`]).
+/// The start of every notification frame ([`super::protocol::NotificationFrame`]).
 const NOTIFICATION: &str = "{\"type\":\"notification\",\"id\":\"";
 const SUBSCRIBED: &str = "{\"type\":\"subscribed\"";
 

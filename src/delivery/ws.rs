@@ -32,13 +32,13 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig
 use tokio_util::task::TaskTracker;
 
 use super::protocol::CloseCode;
-use super::session::{self, Request as Subscription, Shared};
+use super::session::{self, SessionContext, Subscription};
 use crate::auth::Principal;
 
 /// State of the gateway route.
 #[derive(Debug)]
 pub struct Gateway {
-    pub shared: Arc<Shared>,
+    pub shared: Arc<SessionContext>,
     pub connections: Arc<Semaphore>,
     pub sessions: TaskTracker,
     /// `rules.max_notification_bytes`: the write buffer must hold one.
@@ -134,13 +134,13 @@ impl ConnectQuery {
     /// is granted) unless `defaults=false`. A named channel the principal
     /// may not subscribe to is an error naming it (close 4003); a
     /// malformed name is left to the session, which answers `bad_channel`.
-    pub fn requests(
+    pub fn subscriptions(
         self,
         principal: &Principal,
         default_channels: &[String],
     ) -> Result<Vec<Subscription>, String> {
         for channel in &self.channels {
-            if crate::delivery::protocol::check_channel(channel).is_err() {
+            if crate::channel::check(channel).is_err() {
                 continue;
             }
             if let Err(why) = principal.check(channel) {
@@ -207,13 +207,13 @@ async fn admit(
             };
             (code, rejection.to_string())
         })?;
-    let requests = connect
-        .requests(&principal, &config.default_channels)
+    let subscriptions = connect
+        .subscriptions(&principal, &config.default_channels)
         .map_err(|why| {
             metrics.auth_rejected("connect", "forbidden");
             (CloseCode::Forbidden, why)
         })?;
-    Ok((principal, requests))
+    Ok((principal, subscriptions))
 }
 
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -288,7 +288,7 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
         let mut ws =
             WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
                 .await;
-        let (principal, requests) = match admitted {
+        let (principal, subscriptions) = match admitted {
             Ok(admitted) => admitted,
             Err((code, reason)) => {
                 shared.metrics.session_closed(code.reason());
@@ -301,7 +301,7 @@ pub async fn upgrade(State(gw): State<Arc<Gateway>>, mut req: Request) -> Respon
                 return;
             }
         };
-        session::run(ws, shared, requests, principal).await;
+        session::run(ws, shared, subscriptions, principal).await;
         drop(permit);
     });
     Response::builder()
@@ -322,7 +322,7 @@ mod tests {
     }
 
     fn subscriptions(query: Option<&str>, max: usize) -> Result<Vec<Subscription>, String> {
-        ConnectQuery::parse(query, max)?.requests(&Principal::open(), &defaults())
+        ConnectQuery::parse(query, max)?.subscriptions(&Principal::open(), &defaults())
     }
 
     #[test]

@@ -45,7 +45,7 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::metrics::Metrics;
+use super::EdgeMetrics;
 
 /// How long a connection answered early (413) keeps reading and discarding
 /// the body its client still sends before herald closes it.
@@ -60,7 +60,7 @@ pub struct Limits {
     /// New connections per second per address; 0: no rate limit.
     rate_per_ip: u32,
     state: Mutex<State_>,
-    metrics: Arc<Metrics>,
+    metrics: EdgeMetrics,
 }
 
 #[derive(Debug, Default)]
@@ -92,7 +92,7 @@ impl Limits {
         max_total: usize,
         max_per_ip: usize,
         rate_per_ip: u32,
-        metrics: Arc<Metrics>,
+        metrics: EdgeMetrics,
     ) -> Arc<Self> {
         Arc::new(Self {
             max_total,
@@ -103,7 +103,7 @@ impl Limits {
         })
     }
 
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub fn metrics(&self) -> &EdgeMetrics {
         &self.metrics
     }
 
@@ -113,7 +113,7 @@ impl Limits {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         if state.open >= self.max_total {
             drop(state);
-            self.metrics.edge.refused("connections");
+            self.metrics.refused("connections");
             return Admission::Refused;
         }
         let burst = f64::from(self.rate_per_ip.max(1));
@@ -147,7 +147,7 @@ impl Limits {
             limited = Some("connections_per_ip");
         }
         drop(state);
-        self.metrics.edge.connections.inc();
+        self.metrics.connections.inc();
         let ticket = Ticket {
             limits: self.clone(),
             peer,
@@ -155,7 +155,7 @@ impl Limits {
         match limited {
             None => Admission::Admitted(ticket),
             Some(reason) => {
-                self.metrics.edge.refused(match reason {
+                self.metrics.refused(match reason {
                     "connect_rate_per_ip" => "rate",
                     _ => "connections_per_ip",
                 });
@@ -167,7 +167,7 @@ impl Limits {
     fn release(&self, peer: IpAddr) {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.open = state.open.saturating_sub(1);
-        self.metrics.edge.connections.dec();
+        self.metrics.connections.dec();
         let rate_limited = self.rate_per_ip > 0;
         if let Some(p) = state.peers.get_mut(&peer) {
             p.open = p.open.saturating_sub(1);
@@ -369,7 +369,7 @@ pub fn content_length_over(
 /// The middleware: limited connections get their one answer; request
 /// bodies get the deadline.
 pub async fn guard(
-    State((timeout, metrics)): State<(Duration, Arc<Metrics>)>,
+    State((timeout, metrics)): State<(Duration, EdgeMetrics)>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -398,7 +398,7 @@ pub async fn guard(
     let req = req.map(|body| with_deadline(body, deadline, fired.clone()));
     let response = next.run(req).await;
     if fired.load(Ordering::Relaxed) {
-        metrics.edge.refused("timeout");
+        metrics.refused("timeout");
         return closing(
             StatusCode::REQUEST_TIMEOUT,
             format!(
@@ -447,7 +447,7 @@ mod tests {
 
     #[test]
     fn total_and_per_address_caps_count_open_tickets() {
-        let limits = Limits::new(3, 2, 0, Arc::new(Metrics::new()));
+        let limits = Limits::new(3, 2, 0, EdgeMetrics::default());
         let a1 = limits.admit(ip(2));
         let a2 = limits.admit(ip(2));
         let a3 = limits.admit(ip(2));
@@ -466,7 +466,7 @@ mod tests {
 
     #[test]
     fn the_rate_per_address_is_a_token_bucket() {
-        let limits = Limits::new(100, 0, 2, Arc::new(Metrics::new()));
+        let limits = Limits::new(100, 0, 2, EdgeMetrics::default());
         let got: Vec<_> = (0..3).map(|_| kind(&limits.admit(ip(2)))).collect();
         assert_eq!(got, ["ok", "ok", "connect_rate_per_ip"]);
         // Another address has its own bucket.

@@ -23,7 +23,8 @@ use prometheus_client::registry::Registry;
 type Labels = Vec<(&'static str, String)>;
 
 /// The edge's counters (`herald_http_*`).
-#[derive(Debug, Default)]
+/// Cloning shares the counters.
+#[derive(Debug, Clone, Default)]
 pub struct EdgeMetrics {
     /// Requests and connections refused at the edge, by reason (`origin`,
     /// `host`, `connections`, `connections_per_ip`, `rate`, `timeout`,

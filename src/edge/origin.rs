@@ -34,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde_json::json;
 
-use crate::metrics::Metrics;
+use super::EdgeMetrics;
 
 /// Host names a loopback listener answers to by default.
 const LOOPBACK_HOSTS: [&str; 3] = ["localhost", "127.0.0.1", "[::1]"];
@@ -210,7 +210,7 @@ fn split_host(host: &str) -> (String, Option<u16>) {
 
 /// The middleware: refuse what [`Policy::check`] refuses, before the route.
 pub async fn guard(
-    State((policy, metrics)): State<(Arc<Policy>, Arc<Metrics>)>,
+    State((policy, metrics)): State<(Arc<Policy>, EdgeMetrics)>,
     req: Request,
     next: Next,
 ) -> Response {
@@ -220,7 +220,7 @@ pub async fn guard(
     match policy.check(req.headers()) {
         Ok(()) => next.run(req).await,
         Err((status, reason, message)) => {
-            metrics.edge.refused(reason);
+            metrics.refused(reason);
             tracing::debug!(status = status.as_u16(), reason, message, "request refused");
             (status, axum::Json(json!({ "error": message }))).into_response()
         }

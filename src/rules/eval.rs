@@ -9,7 +9,6 @@ use serde_json::Value;
 
 use super::Priority;
 use super::compile::{Compiled, Condition, Data, PriorityTemplate, Rule, Text, describe};
-use crate::delivery::protocol::check_channel;
 use crate::event::Event;
 
 /// A notification a rule produced, before the log gives it an offset.
@@ -158,7 +157,7 @@ fn render(
 ) -> Result<Rendered, FieldError> {
     let channel = text(&rule.channel, &ctx).map_err(|m| ("emit.channel", m))?;
     let channel = channel.trim().to_string();
-    check_channel(&channel).map_err(|m| ("emit.channel", format!("{m}: {channel:?}")))?;
+    crate::channel::check(&channel).map_err(|m| ("emit.channel", format!("{m}: {channel:?}")))?;
     let title = match &rule.title {
         Some(t) => text(t, &ctx).map_err(|m| ("emit.title", m))?,
         None => event.event_type().to_string(),

@@ -17,7 +17,6 @@ use serde_json::Value;
 use super::Priority;
 use super::compile::{Compiled, Condition, PriorityTemplate, Rule, describe};
 use super::eval::{MAX_ITEMS, data, json_kind, text};
-use crate::delivery::protocol::check_channel;
 use crate::event::Event;
 
 /// A `match` check: what the rule wants and what the event has.
@@ -276,7 +275,7 @@ fn render(rule: &Rule<'_>, event: &Event, ctx: JValue, index: Option<usize>) -> 
     };
     let channel = text(&rule.channel, &ctx).and_then(|c| {
         let c = c.trim().to_string();
-        check_channel(&c).map_err(|m| format!("{m}: {c:?}"))?;
+        crate::channel::check(&c).map_err(|m| format!("{m}: {c:?}"))?;
         Ok(c)
     });
     let mut ok = put("emit.channel", channel.clone().map(Value::String));

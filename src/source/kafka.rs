@@ -59,9 +59,9 @@ use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
 use super::{Source, SourceContext, SourceError};
-use crate::config::StoreKind;
+use crate::store::Hints;
 use context::{ConsumerCtx, ProducerCtx};
-use worker::{DeadLetter, Shared};
+use worker::{DeadLetter, WorkerContext};
 
 mod context;
 mod worker;
@@ -114,28 +114,13 @@ pub struct KafkaSourceConfig {
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
     /// Events per partition whose appends may be in flight at once;
-    /// unset, [`default_max_in_flight`] for the node's store.
+    /// unset, what the node's store asks for ([`Hints::in_flight`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_in_flight: Option<usize>,
 }
 
 fn default_max_message_bytes() -> usize {
     1024 * 1024
-}
-
-/// The window when `max_in_flight` is not set. 1024 suits the memory store
-/// (a deeper window costs it ~15 % of its throughput) and Redis (whose
-/// groups are bounded by the script call). The disk store commits what is
-/// queued while its last fsync ran, so a deeper window makes bigger groups
-/// and fewer B-tree pages per notification: 8192 (Kafka → disk over 1000
-/// channels 16.8k events/s at 1024, 53.6k at 8192; BENCHMARKS.md, "ingest
-/// with the disk store"), at up to that many copied messages per
-/// partition in memory.
-pub fn default_max_in_flight(store: StoreKind) -> usize {
-    match store {
-        StoreKind::Disk => 8192,
-        StoreKind::Memory | StoreKind::Redis => 1024,
-    }
 }
 
 impl KafkaSourceConfig {
@@ -198,9 +183,9 @@ impl KafkaSourceConfig {
     }
 
     /// Create the consumer and the dead-letter producer. librdkafka checks
-    /// every property here, so a bad one is a start-up error. `store` is
-    /// the node's store kind, for the default of `max_in_flight`.
-    pub fn build(&self, name: &str, store: StoreKind) -> Result<KafkaSource, SourceError> {
+    /// every property here, so a bad one is a start-up error. `hints` are
+    /// the node's store's, for the default of `max_in_flight`.
+    pub fn build(&self, name: &str, hints: Hints) -> Result<KafkaSource, SourceError> {
         let config_error = |what: &str, e: KafkaError| SourceError::Config {
             source_name: name.to_string(),
             message: format!("{what}: {}", describe_config_error(&e)),
@@ -249,9 +234,7 @@ impl KafkaSourceConfig {
             consumer,
             dead_letter,
             config: self.clone(),
-            max_in_flight: self
-                .max_in_flight
-                .unwrap_or_else(|| default_max_in_flight(store)),
+            max_in_flight: self.max_in_flight.unwrap_or(hints.in_flight),
         })
     }
 }
@@ -293,7 +276,7 @@ impl Source for KafkaSource {
                 max_in_flight,
             } = *self;
             ctx.set_ready(false, format!("connecting to {}", config.brokers));
-            let shared = Arc::new(Shared {
+            let shared = Arc::new(WorkerContext {
                 pipeline: ctx.pipeline.clone(),
                 metrics: ctx.pipeline.metrics().clone(),
                 dead_letter,
@@ -389,7 +372,7 @@ struct Run {
     source: SourceContext,
     /// Where partition workers are spawned from the polling thread.
     runtime: Handle,
-    shared: Arc<Shared>,
+    shared: Arc<WorkerContext>,
 }
 
 #[cfg(test)]
@@ -409,16 +392,18 @@ mod tests {
     }
 
     #[test]
-    fn the_window_defaults_by_store_and_a_set_one_wins() {
+    fn the_window_defaults_to_the_stores_hint_and_a_set_one_wins() {
         let mut c = config();
         c.max_in_flight = None;
-        let window =
-            |c: &KafkaSourceConfig, store| c.build("k", store).expect("build").max_in_flight;
-        assert_eq!(window(&c, StoreKind::Disk), 8192);
-        assert_eq!(window(&c, StoreKind::Memory), 1024);
-        assert_eq!(window(&c, StoreKind::Redis), 1024);
+        let window = |c: &KafkaSourceConfig, in_flight| {
+            c.build("k", Hints { in_flight })
+                .expect("build")
+                .max_in_flight
+        };
+        assert_eq!(window(&c, 8192), 8192);
+        assert_eq!(window(&c, 1024), 1024);
         c.max_in_flight = Some(7);
-        assert_eq!(window(&c, StoreKind::Disk), 7);
+        assert_eq!(window(&c, 8192), 7);
     }
 
     #[test]
@@ -448,7 +433,7 @@ mod tests {
         let mut c = config();
         c.properties.insert("no.such.property".into(), "1".into());
         let err = c
-            .build("kafka", StoreKind::Memory)
+            .build("kafka", Hints::default())
             .expect_err("librdkafka rejects it");
         assert!(matches!(err, SourceError::Config { .. }), "{err}");
         assert!(err.to_string().contains("no.such.property"), "{err}");

@@ -19,8 +19,8 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::StoreKind;
 use crate::pipeline::Pipeline;
+use crate::store::Hints;
 
 /// One `[[sources]]` entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -75,12 +75,12 @@ impl SourceConfig {
 
     /// Build the runnable source named `name`. Fails with
     /// [`SourceError::Config`] when its client rejects the settings.
-    /// `store` is the node's store kind (some defaults depend on it).
-    pub fn build(&self, name: &str, store: StoreKind) -> Result<Box<dyn Source>, SourceError> {
+    /// `hints` are the node's store's (some defaults depend on them).
+    pub fn build(&self, name: &str, hints: Hints) -> Result<Box<dyn Source>, SourceError> {
         Ok(match self {
             SourceConfig::Http(_) => Box::new(http::HttpSource),
             SourceConfig::Amqp(c) => Box::new(amqp::AmqpSource::new(c.clone())),
-            SourceConfig::Kafka(c) => Box::new(c.build(name, store)?),
+            SourceConfig::Kafka(c) => Box::new(c.build(name, hints)?),
             SourceConfig::Nats(c) => Box::new(nats::NatsSource::new(c.clone())),
         })
     }
@@ -146,15 +146,12 @@ impl Readiness {
     }
 
     pub fn set(&self, name: &str, ready: bool, detail: String) {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), SourceState { ready, detail });
+        crate::sync::lock(&self.inner).insert(name.to_string(), SourceState { ready, detail });
     }
 
     /// Every source's state, and whether all are ready.
     pub fn snapshot(&self) -> (bool, BTreeMap<String, SourceState>) {
-        let states = self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let states = crate::sync::lock(&self.inner).clone();
         (states.values().all(|s| s.ready), states)
     }
 }

@@ -2,9 +2,9 @@
 //! process; every start is a new epoch for every channel, so clients that
 //! resume across a restart are told `recovered: false`.
 //!
-//! Each channel is a ring of `Arc<Delivery>` behind its own mutex, so appends
+//! Each channel is a ring of `Arc<Entry>` behind its own mutex, so appends
 //! to different channels never contend. Append does its whole work (dedupe,
-//! offset, frame, publish) under that mutex: the hub sees each channel in
+//! offset, entry, publish) under that mutex: the hub sees each channel in
 //! offset order, and a reader that subscribed to the hub before reading the
 //! log cannot miss a notification between the two. The critical section is
 //! short and never awaits, so it does not block the runtime.
@@ -15,9 +15,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, ready};
 
-use super::{Appended, Delivery, NewNotification, Page, Store, StoreError, new_epoch};
-use crate::config::StoreConfig;
-use crate::delivery::hub::Hub;
+use super::StoreConfig;
+use super::{Appended, Entry, NewNotification, Page, Publish, Store, StoreError, new_epoch};
 
 /// See the module docs.
 #[derive(Debug)]
@@ -29,17 +28,15 @@ pub struct MemoryStore {
     max_per_channel: usize,
     max_age_ms: u64,
     dedupe_window: usize,
-    hub: Arc<Hub>,
+    hub: Arc<dyn Publish>,
 }
 
 #[derive(Debug)]
 struct ChannelLog {
     name: Arc<str>,
-    /// The channel name as a JSON string, escaped once.
-    name_json: String,
     /// Last offset assigned.
     last: u64,
-    entries: VecDeque<Arc<Delivery>>,
+    entries: VecDeque<Arc<Entry>>,
     dedupe: HashMap<String, u64>,
     dedupe_order: VecDeque<String>,
 }
@@ -51,7 +48,7 @@ impl ChannelLog {
 }
 
 impl MemoryStore {
-    pub fn new(config: &StoreConfig, hub: Arc<Hub>) -> Self {
+    pub fn new(config: &StoreConfig, hub: Arc<dyn Publish>) -> Self {
         Self {
             epoch: new_epoch().into(),
             channels: RwLock::new(HashMap::new()),
@@ -63,21 +60,15 @@ impl MemoryStore {
     }
 
     fn channel(&self, name: &str) -> Arc<Mutex<ChannelLog>> {
-        if let Some(log) = self
-            .channels
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-        {
+        if let Some(log) = crate::sync::read(&self.channels).get(name) {
             return log.clone();
         }
-        let mut channels = self.channels.write().unwrap_or_else(|e| e.into_inner());
+        let mut channels = crate::sync::write(&self.channels);
         channels
             .entry(Arc::from(name))
             .or_insert_with(|| {
                 Arc::new(Mutex::new(ChannelLog {
                     name: name.into(),
-                    name_json: serde_json::to_string(name).unwrap_or_default(),
                     last: 0,
                     entries: VecDeque::new(),
                     dedupe: HashMap::new(),
@@ -89,7 +80,7 @@ impl MemoryStore {
 
     fn append_one(&self, n: NewNotification, now_ms: u64) -> Appended {
         let log = self.channel(&n.channel);
-        let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+        let mut log = crate::sync::lock(&log);
         if let Some(&offset) = log.dedupe.get(&n.dedupe_key) {
             return Appended {
                 channel: log.name.clone(),
@@ -99,15 +90,14 @@ impl MemoryStore {
         }
         log.last += 1;
         let offset = log.last;
-        let delivery = Arc::new(Delivery::build(
-            log.name.clone(),
-            &log.name_json,
-            self.epoch.clone(),
+        let entry = Arc::new(Entry {
+            channel: log.name.clone(),
+            epoch: self.epoch.clone(),
             offset,
-            now_ms,
-            &n.fields,
-        ));
-        log.entries.push_back(delivery.clone());
+            at_ms: now_ms,
+            fields: n.fields,
+        });
+        log.entries.push_back(entry.clone());
         while log.entries.len() > self.max_per_channel {
             log.entries.pop_front();
         }
@@ -119,7 +109,7 @@ impl MemoryStore {
             }
         }
         // Under the channel lock: the hub sees this channel in offset order.
-        self.hub.publish(&delivery);
+        self.hub.publish(&entry);
         Appended {
             channel: log.name.clone(),
             offset,
@@ -144,12 +134,7 @@ impl Store for MemoryStore {
         after: u64,
         limit: usize,
     ) -> BoxFuture<'_, Result<Page, StoreError>> {
-        let existing = self
-            .channels
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(channel)
-            .cloned();
+        let existing = crate::sync::read(&self.channels).get(channel).cloned();
         let page = match existing {
             None => Page {
                 epoch: self.epoch.clone(),
@@ -158,7 +143,7 @@ impl Store for MemoryStore {
                 entries: Vec::new(),
             },
             Some(log) => {
-                let log = log.lock().unwrap_or_else(|e| e.into_inner());
+                let log = crate::sync::lock(&log);
                 let first = log.first();
                 // Offsets are contiguous, so the position is arithmetic.
                 let start = after.saturating_add(1).max(first);
@@ -216,15 +201,12 @@ impl Store for MemoryStore {
         let mut trimmed = 0;
         if self.max_age_ms > 0 {
             let cutoff = now_ms.saturating_sub(self.max_age_ms);
-            let logs: Vec<_> = self
-                .channels
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
+            let logs: Vec<_> = crate::sync::read(&self.channels)
                 .values()
                 .cloned()
                 .collect();
             for log in logs {
-                let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                let mut log = crate::sync::lock(&log);
                 while log.entries.front().is_some_and(|d| d.at_ms < cutoff) {
                     log.entries.pop_front();
                     trimmed += 1;
@@ -247,10 +229,10 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::store::Recorder;
 
-    fn store(max: usize, age_secs: u64) -> (MemoryStore, Arc<Hub>) {
-        let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
+    fn store(max: usize, age_secs: u64) -> (MemoryStore, Arc<Recorder>) {
+        let hub = Arc::new(Recorder::default());
         let config = StoreConfig {
             max_per_channel: max,
             max_age_secs: age_secs,
@@ -356,14 +338,11 @@ mod tests {
     #[tokio::test]
     async fn appends_are_published_in_order() {
         let (s, hub) = store(10, 0);
-        let (sub, mut rx) = hub.subscriber(16);
-        hub.subscribe("a", &sub);
         s.append(vec![n("a", "1"), n("a", "2")])
             .await
             .expect("append");
         s.append(vec![n("a", "1")]).await.expect("duplicate");
-        assert_eq!(rx.recv().await.expect("1").offset, 1);
-        assert_eq!(rx.recv().await.expect("2").offset, 2);
-        assert!(rx.try_recv().is_err(), "a duplicate is not published");
+        let offsets: Vec<_> = hub.take().iter().map(|e| e.offset).collect();
+        assert_eq!(offsets, [1, 2], "a duplicate is not published");
     }
 }

@@ -21,6 +21,7 @@
 //! (shared by several herald nodes). The durable ones commit appends in
 //! groups through [`group`].
 
+pub mod config;
 pub mod disk;
 mod group;
 pub mod memory;
@@ -31,13 +32,9 @@ use std::sync::Arc;
 
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use serde::Serialize;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::config::{StoreConfig, StoreKind};
-use crate::delivery::hub::Hub;
 use crate::metrics::Metrics;
-use crate::rules::{Priority, Rendered};
+pub use config::{StoreConfig, StoreKind};
 
 pub use disk::DiskStore;
 pub use memory::MemoryStore;
@@ -48,91 +45,33 @@ pub use redis::RedisStore;
 pub struct NewNotification {
     pub channel: String,
     pub dedupe_key: String,
-    /// The frame's notification fields (`"event":…,"title":…,"body":…,
-    /// "data":…,"priority":…`), serialized once before the log adds id,
-    /// offset, epoch and time.
+    /// The notification's own members as JSON (`"event":…,"title":…,
+    /// "body":…,"data":…,"priority":…`, an object without its braces),
+    /// serialized once by the pipeline; the log adds id, offset, epoch and
+    /// time around them.
     pub fields: String,
 }
 
-impl NewNotification {
-    pub fn from_rendered(r: &Rendered) -> Self {
-        #[derive(Serialize)]
-        struct Fields<'a> {
-            event: &'a str,
-            title: &'a str,
-            body: &'a str,
-            data: &'a serde_json::Value,
-            priority: Priority,
-        }
-        let object = serde_json::to_string(&Fields {
-            event: &r.event,
-            title: &r.title,
-            body: &r.body,
-            data: &r.data,
-            priority: r.priority,
-        })
-        .unwrap_or_else(|_| "{}".into());
-        // `{...}` without its braces, to be spliced into the frame.
-        let fields = object[1..object.len() - 1].to_string();
-        Self {
-            channel: r.channel.clone(),
-            dedupe_key: r.dedupe_key.clone(),
-            fields,
-        }
-    }
-}
-
-/// A committed notification: what the hub fans out and replays read.
-#[derive(Debug)]
-pub struct Delivery {
+/// A committed log entry: what the store publishes and reads return.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
     pub channel: Arc<str>,
     pub epoch: Arc<str>,
     pub offset: u64,
     /// Milliseconds since the Unix epoch when it was appended.
     pub at_ms: u64,
-    /// The complete `notification` frame, serialized once and shared by
-    /// every subscriber.
-    pub frame: Utf8Bytes,
+    /// [`NewNotification::fields`] as appended.
+    pub fields: String,
 }
 
-impl Delivery {
-    /// Build the frame text for a notification at `offset`.
-    pub fn build(
-        channel: Arc<str>,
-        channel_json: &str,
-        epoch: Arc<str>,
-        offset: u64,
-        at_ms: u64,
-        fields: &str,
-    ) -> Self {
-        let time = crate::clock::rfc3339_ms(at_ms);
-        let mut frame = String::with_capacity(96 + channel_json.len() + fields.len());
-        frame.push_str("{\"type\":\"notification\",\"id\":\"");
-        frame.push_str(&epoch);
-        frame.push('-');
-        frame.push_str(&offset.to_string());
-        frame.push_str("\",\"channel\":");
-        frame.push_str(channel_json);
-        frame.push_str(",\"offset\":");
-        frame.push_str(&offset.to_string());
-        frame.push_str(",\"epoch\":\"");
-        frame.push_str(&epoch);
-        frame.push_str("\",\"time\":\"");
-        frame.push_str(&time);
-        frame.push('"');
-        if !fields.is_empty() {
-            frame.push(',');
-            frame.push_str(fields);
-        }
-        frame.push('}');
-        Self {
-            channel,
-            epoch,
-            offset,
-            at_ms,
-            frame: Utf8Bytes::from(frame),
-        }
-    }
+/// Where a store hands each committed entry, once it is durable, per
+/// channel in offset order (the delivery hub implements it). Owned here so
+/// the store does not depend on who listens.
+///
+/// `publish` is called on the append path, sometimes under a channel's
+/// lock: it must not block or wait.
+pub trait Publish: Send + Sync + fmt::Debug + 'static {
+    fn publish(&self, entry: &Arc<Entry>);
 }
 
 /// The result of appending one notification.
@@ -153,7 +92,7 @@ pub struct Page {
     /// Newest offset ever appended in this epoch (0 when none).
     pub last: u64,
     /// Notifications after the requested offset, in order, at most `limit`.
-    pub entries: Vec<Arc<Delivery>>,
+    pub entries: Vec<Arc<Entry>>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -210,10 +149,48 @@ pub enum OpenError {
     Unavailable { what: String, reason: String },
 }
 
-/// Open the store `config` describes. Its notifications go to `hub`.
+/// What a store tells the sources that feed it (sources read it when they
+/// are built, so no source matches on store kinds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hints {
+    /// Appends worth keeping in flight per ordered stream (a Kafka
+    /// partition) when the source's configuration does not say. 1024 suits
+    /// the memory store (a deeper window costs it ~15 % of its throughput)
+    /// and Redis (whose groups are bounded by the script call); the disk
+    /// store asks for more (see [`DiskStore`]).
+    pub in_flight: usize,
+}
+
+impl Default for Hints {
+    fn default() -> Self {
+        Self { in_flight: 1024 }
+    }
+}
+
+/// A [`Publish`] that keeps what it is given, for tests of the stores.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct Recorder(std::sync::Mutex<Vec<Arc<Entry>>>);
+
+#[cfg(test)]
+impl Recorder {
+    /// The entries published since the last call, in order.
+    pub(crate) fn take(&self) -> Vec<Arc<Entry>> {
+        std::mem::take(&mut *crate::sync::lock(&self.0))
+    }
+}
+
+#[cfg(test)]
+impl Publish for Recorder {
+    fn publish(&self, entry: &Arc<Entry>) {
+        crate::sync::lock(&self.0).push(entry.clone());
+    }
+}
+
+/// Open the store `config` describes. Its committed entries go to `hub`.
 pub async fn open(
     config: &StoreConfig,
-    hub: Arc<Hub>,
+    hub: Arc<dyn Publish>,
     metrics: Arc<Metrics>,
 ) -> Result<Arc<dyn Store>, OpenError> {
     Ok(match config.kind {
@@ -307,6 +284,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         Ok(())
     }
 
+    /// How sources should feed this store.
+    fn hints(&self) -> Hints {
+        Hints::default()
+    }
+
     /// Drop notifications older than the retention age. Returns how many.
     fn trim_expired(&self, now_ms: u64) -> BoxFuture<'_, Result<usize, StoreError>>;
 
@@ -352,23 +334,5 @@ mod tests {
         assert_eq!(parse_id("abc-"), None);
         assert_eq!(parse_id("a b-1"), None);
         assert_eq!(parse_id("abc--1"), None);
-    }
-
-    #[test]
-    fn frame_is_one_json_object() {
-        let d = Delivery::build(
-            "user:1".into(),
-            "\"user:1\"",
-            "e1".into(),
-            7,
-            1_700_000_000_000,
-            "\"title\":\"t\"",
-        );
-        let v: serde_json::Value = serde_json::from_str(&d.frame).expect("json");
-        assert_eq!(v["id"], "e1-7");
-        assert_eq!(v["offset"], 7);
-        assert_eq!(v["channel"], "user:1");
-        assert_eq!(v["title"], "t");
-        assert_eq!(v["time"], "2023-11-14T22:13:20Z");
     }
 }

@@ -51,10 +51,11 @@ use redis::{AsyncConnectionConfig, Client, Script, Value};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::StoreConfig;
 use super::group::{self, Item, Request};
-use super::{Appended, Delivery, NewNotification, OpenError, Page, Store, StoreError, new_epoch};
-use crate::config::StoreConfig;
-use crate::delivery::hub::Hub;
+use super::{
+    Appended, Entry, NewNotification, OpenError, Page, Publish, Store, StoreError, new_epoch,
+};
 use crate::metrics::Metrics;
 
 /// Most notifications in one script call.
@@ -217,7 +218,7 @@ struct Settings {
 
 impl Settings {
     fn set_problem(&self, problem: Option<String>) {
-        *self.problem.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+        *crate::sync::lock(&self.problem) = problem;
         self.attempted.notify_one();
     }
 }
@@ -277,7 +278,7 @@ impl RedisStore {
     /// herald starts, appends fail until Redis answers.
     pub async fn open(
         config: &StoreConfig,
-        hub: Arc<Hub>,
+        hub: Arc<dyn Publish>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, OpenError> {
         let url = config
@@ -409,12 +410,7 @@ impl Store for RedisStore {
     }
 
     fn readiness(&self) -> Result<(), String> {
-        match &*self
-            .settings
-            .problem
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-        {
+        match &*crate::sync::lock(&self.settings.problem) {
             None => Ok(()),
             Some(problem) => Err(problem.clone()),
         }
@@ -424,7 +420,7 @@ impl Store for RedisStore {
         async move {
             self.queue.close().await;
             self.stop.cancel();
-            let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+            let tasks = std::mem::take(&mut *crate::sync::lock(&self.tasks));
             for task in tasks {
                 let _ = task.await;
             }
@@ -591,7 +587,12 @@ async fn commit(
 
 /// The live feed: follow the `notify` stream and publish to the local hub,
 /// reconnecting until stopped.
-async fn feed(client: Client, settings: Arc<Settings>, hub: Arc<Hub>, stop: CancellationToken) {
+async fn feed(
+    client: Client,
+    settings: Arc<Settings>,
+    hub: Arc<dyn Publish>,
+    stop: CancellationToken,
+) {
     let config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_millis(FEED_BLOCK_MS + 5000)));
@@ -610,7 +611,7 @@ async fn feed(client: Client, settings: Arc<Settings>, hub: Arc<Hub>, stop: Canc
                     failing = false;
                 }
                 backoff = Duration::from_millis(100);
-                match follow(&mut conn, &settings, &hub, &mut cursor, &stop).await {
+                match follow(&mut conn, &settings, &*hub, &mut cursor, &stop).await {
                     Ok(()) => return,
                     Err(e) => e,
                 }
@@ -641,7 +642,7 @@ async fn feed(client: Client, settings: Arc<Settings>, hub: Arc<Hub>, stop: Canc
 async fn follow(
     conn: &mut MultiplexedConnection,
     settings: &Settings,
-    hub: &Hub,
+    hub: &dyn Publish,
     cursor: &mut Option<String>,
     stop: &CancellationToken,
 ) -> redis::RedisResult<()> {
@@ -675,7 +676,7 @@ async fn follow(
     }
     settings.feeding.store(true, Ordering::Release);
     settings.set_problem(None);
-    let mut channel_names: std::collections::HashMap<String, (Arc<str>, String)> =
+    let mut channel_names: std::collections::HashMap<String, Arc<str>> =
         std::collections::HashMap::new();
     loop {
         let from = cursor.clone().unwrap_or_else(|| "0-0".into());
@@ -703,7 +704,7 @@ async fn follow(
                 if channel_names.len() > 10_000 {
                     channel_names.clear();
                 }
-                match live_delivery(&entry, &mut channel_names) {
+                match live_entry(&entry, &mut channel_names) {
                     Some(d) => hub.publish(&Arc::new(d)),
                     None => {
                         tracing::warn!(id = %entry.id, "redis live feed entry malformed; skipped")
@@ -780,12 +781,12 @@ fn persistence_risk(appendonly: &str, appendfsync: &str) -> Option<&'static str>
 
 /// One stream entry: its id and its fields in order.
 #[derive(Debug)]
-struct Entry {
+struct StreamEntry {
     id: String,
     fields: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
-impl Entry {
+impl StreamEntry {
     fn get(&self, name: &str) -> Option<&[u8]> {
         self.fields
             .iter()
@@ -824,7 +825,7 @@ fn int(v: &Value) -> Option<u64> {
 }
 
 /// Entries of an `XRANGE`-shaped reply: `[[id, [field, value, ...]], ...]`.
-fn stream_entries(v: &Value) -> Vec<Entry> {
+fn stream_entries(v: &Value) -> Vec<StreamEntry> {
     let Value::Array(items) = v else {
         return Vec::new();
     };
@@ -842,7 +843,7 @@ fn stream_entries(v: &Value) -> Vec<Entry> {
                 .chunks(2)
                 .filter_map(|kv| Some((bytes(kv.first()?)?, bytes(kv.get(1)?)?)))
                 .collect();
-            Some(Entry { id, fields })
+            Some(StreamEntry { id, fields })
         })
         .collect()
 }
@@ -853,28 +854,22 @@ fn stream_id(id: &str) -> (u64, u64) {
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
 }
 
-fn live_delivery(
-    entry: &Entry,
-    names: &mut std::collections::HashMap<String, (Arc<str>, String)>,
-) -> Option<Delivery> {
+fn live_entry(
+    entry: &StreamEntry,
+    names: &mut std::collections::HashMap<String, Arc<str>>,
+) -> Option<Entry> {
     let channel = entry.get_str("c")?;
-    let (name, name_json) = names
+    let name = names
         .entry(channel.to_string())
-        .or_insert_with(|| {
-            (
-                Arc::from(channel),
-                serde_json::to_string(channel).unwrap_or_default(),
-            )
-        })
+        .or_insert_with(|| Arc::from(channel))
         .clone();
-    Some(Delivery::build(
-        name,
-        &name_json,
-        entry.get_str("e")?.into(),
-        entry.get_u64("o")?,
-        entry.get_u64("t")?,
-        entry.get_str("f")?,
-    ))
+    Some(Entry {
+        channel: name,
+        epoch: entry.get_str("e")?.into(),
+        offset: entry.get_u64("o")?,
+        at_ms: entry.get_u64("t")?,
+        fields: entry.get_str("f")?.into(),
+    })
 }
 
 fn parse_appended(v: Value, expected: usize) -> Result<Vec<(u64, bool)>, String> {
@@ -913,21 +908,19 @@ fn parse_page(channel: &str, v: Value) -> Result<Page, String> {
     let first = parts.get(2).and_then(int).ok_or("first missing")?;
     let epoch: Arc<str> = epoch.into();
     let name: Arc<str> = channel.into();
-    let name_json = serde_json::to_string(channel).unwrap_or_default();
     let entries = parts
         .get(3)
         .map(stream_entries)
         .unwrap_or_default()
         .iter()
         .map(|e| {
-            Some(Arc::new(Delivery::build(
-                name.clone(),
-                &name_json,
-                epoch.clone(),
-                e.offset()?,
-                e.get_u64("t")?,
-                e.get_str("f")?,
-            )))
+            Some(Arc::new(Entry {
+                channel: name.clone(),
+                epoch: epoch.clone(),
+                offset: e.offset()?,
+                at_ms: e.get_u64("t")?,
+                fields: e.get_str("f")?.into(),
+            }))
         })
         .collect::<Option<Vec<_>>>()
         .ok_or("malformed log entry")?;
@@ -982,7 +975,8 @@ mod tests {
         .expect("page");
         assert_eq!((page.first, page.last), (7, 7));
         assert_eq!(page.entries[0].offset, 7);
-        assert!(page.entries[0].frame.contains("\"id\":\"e1-7\""));
+        assert_eq!(&*page.entries[0].epoch, "e1");
+        assert_eq!(page.entries[0].fields, "\"title\":\"x\"");
         assert!(parse_page("c", Value::Nil).is_err());
         assert!(parse_appended(Value::Array(vec![]), 1).is_err());
     }

@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_util::sync::CancellationToken;
 
-use super::{Request, Shared, run};
+use super::{SessionContext, Subscription, run};
 use crate::auth::{Auth, Principal};
 use crate::config::{DeliveryConfig, StoreConfig};
 use crate::delivery::hub::Hub;
@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::store::{MemoryStore, NewNotification, Store};
 
 struct Fixture {
-    shared: Arc<Shared>,
+    shared: Arc<SessionContext>,
     store: Arc<MemoryStore>,
 }
 
@@ -28,7 +28,7 @@ fn fixture(config: DeliveryConfig) -> Fixture {
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
     let store = Arc::new(MemoryStore::new(&StoreConfig::default(), hub.clone()));
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(SessionContext {
         hub,
         store: store.clone(),
         metrics,
@@ -46,8 +46,8 @@ async fn pair() -> (WebSocketStream<DuplexStream>, WebSocketStream<DuplexStream>
     (server, client)
 }
 
-fn broadcast() -> Vec<Request> {
-    vec![Request {
+fn broadcast() -> Vec<Subscription> {
+    vec![Subscription {
         channel: "broadcast".into(),
         last_id: None,
         rewind: None,
@@ -208,7 +208,7 @@ async fn a_notification_both_replayed_and_queued_is_sent_once() {
         inner: f.store.clone(),
         raced: Default::default(),
     });
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(SessionContext {
         hub: f.shared.hub.clone(),
         store: racing,
         metrics: f.shared.metrics.clone(),
@@ -220,7 +220,7 @@ async fn a_notification_both_replayed_and_queued_is_sent_once() {
     tokio::spawn(run(
         server,
         shared,
-        vec![Request {
+        vec![Subscription {
             channel: "c".into(),
             last_id: Some(format!("{epoch}-0")),
             rewind: None,
@@ -262,7 +262,7 @@ async fn a_session_that_ends_mid_replay_leaves_no_hub_subscription() {
     let session = tokio::spawn(run(
         server,
         f.shared.clone(),
-        vec![Request {
+        vec![Subscription {
             channel: "c".into(),
             last_id: Some(format!("{epoch}-0")),
             rewind: None,
@@ -294,7 +294,7 @@ async fn a_client_that_stops_reading_on_a_quiet_channel_is_dropped() {
     let session = run(
         server,
         f.shared.clone(),
-        vec![Request {
+        vec![Subscription {
             channel: "c".into(),
             last_id: Some(format!("{epoch}-0")),
             rewind: None,
@@ -317,8 +317,8 @@ fn notify_every(store: Arc<MemoryStore>, every: Duration, n: usize) {
     });
 }
 
-fn live_on_c() -> Vec<Request> {
-    vec![Request {
+fn live_on_c() -> Vec<Subscription> {
+    vec![Subscription {
         channel: "c".into(),
         last_id: None,
         rewind: None,

@@ -2,19 +2,17 @@ use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 
 use super::*;
-use crate::store::Delivery;
+use crate::delivery::protocol::NotificationFrame;
+use crate::store::Entry;
 
 fn frame(channel: &str, offset: u64) -> Message {
-    let json = serde_json::to_string(channel).expect("json");
-    let d = Delivery::build(
-        channel.into(),
-        &json,
-        "ep".into(),
+    Message::Text(NotificationFrame::text(&Entry {
+        channel: channel.into(),
+        epoch: "ep".into(),
         offset,
-        0,
-        "\"title\":\"t\"",
-    );
-    Message::Text(d.frame)
+        at_ms: 0,
+        fields: "\"title\":\"t\"".into(),
+    }))
 }
 
 async fn text(rx: &mut mpsc::Receiver<Bytes>) -> String {

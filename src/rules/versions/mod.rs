@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{DEFAULT_RULES, Format, Rules, RulesError, content_id};
-use crate::pipeline::Pipeline;
+use crate::metrics::Metrics;
 pub use store::{History, StoredText, VersionStore, VersionStoreError};
 
 /// How often a node on a shared store looks for a version another node
@@ -86,11 +86,21 @@ pub enum ActivateError {
     Store(#[from] VersionStoreError),
 }
 
+/// Where the live rules are: the pipeline implements it. Owned here so the
+/// rules do not depend on the pipeline that runs them.
+pub trait Live: Send + Sync + std::fmt::Debug + 'static {
+    /// The live rules version.
+    fn rules(&self) -> Arc<Rules>;
+    /// Make `rules` the live version.
+    fn set_rules(&self, rules: Rules);
+    fn metrics(&self) -> &Arc<Metrics>;
+}
+
 /// See the module docs.
 #[derive(Debug)]
 pub struct Versions {
     store: Box<dyn VersionStore>,
-    pipeline: Arc<Pipeline>,
+    pipeline: Arc<dyn Live>,
     file: Option<PathBuf>,
     /// Serializes activations on this node.
     lock: tokio::sync::Mutex<()>,
@@ -145,7 +155,7 @@ impl Versions {
     /// differs (a new file, the first start).
     pub async fn start(
         store: Box<dyn VersionStore>,
-        pipeline: Arc<Pipeline>,
+        pipeline: Arc<dyn Live>,
         file: Option<PathBuf>,
         text: StoredText,
     ) -> Arc<Self> {

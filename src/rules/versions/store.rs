@@ -24,8 +24,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 
 use super::VersionRecord;
-use crate::config::{StoreConfig, StoreKind};
 use crate::rules::Format;
+use crate::store::{StoreConfig, StoreKind};
 
 /// Records kept per deployment, newest first.
 pub const HISTORY: usize = 100;

@@ -10,6 +10,7 @@ use crate::config::StoreConfig;
 use crate::delivery::hub::Hub;
 use crate::event::{Event, Meta, SourceKind};
 use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
 use crate::store::MemoryStore;
 
 fn yaml(title: &str) -> StoredText {

@@ -16,7 +16,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak, mpsc as std_mpsc};
+use std::sync::{Arc, Mutex, OnceLock, Weak, mpsc as std_mpsc};
 use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
@@ -33,6 +33,7 @@ use tracing::Instrument;
 use super::worker::{Finished, Input, partition_worker};
 use super::{DRAIN_TIMEOUT, Run};
 use crate::event::SourceKind;
+use crate::sync::lock;
 
 /// The polling thread's handle on one partition worker.
 struct Worker {
@@ -97,10 +98,6 @@ struct Health {
     assigned: Option<usize>,
     /// Last readiness reported, to log only changes.
     reported: Option<bool>,
-}
-
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ConsumerCtx {

@@ -36,7 +36,7 @@ use crate::pipeline::{Pipeline, Rejection};
 use crate::store::{Fence, StoreError};
 
 /// What every partition worker shares.
-pub(super) struct Shared {
+pub(super) struct WorkerContext {
     pub(super) pipeline: Arc<Pipeline>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) dead_letter: Option<DeadLetter>,
@@ -161,7 +161,7 @@ enum Failure {
 
 type Outcome = (Arc<Record>, Result<(), Failure>);
 
-impl Shared {
+impl WorkerContext {
     /// Start processing `rec`: rules run and the append starts now, so the
     /// log keeps the partition's order; the future resolves when the record
     /// may be acknowledged.
@@ -383,7 +383,7 @@ impl Feed for Input {
 /// first record not finished yet. On `drain` it takes no new record,
 /// finishes the in-flight ones and returns.
 pub(super) async fn partition_worker(
-    shared: Arc<Shared>,
+    shared: Arc<WorkerContext>,
     mut input: impl Feed,
     drain: CancellationToken,
     next: Arc<AtomicI64>,
@@ -493,8 +493,8 @@ mod tests {
     use std::collections::VecDeque;
     use std::sync::Mutex;
 
-    use super::super::context::lock;
     use super::*;
+    use crate::sync::lock;
 
     fn record(payload: Option<&[u8]>) -> Record {
         Record {
@@ -666,7 +666,7 @@ mod tests {
             metrics.clone(),
             crate::config::RulesConfig::default().max_notification_bytes,
         ));
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(WorkerContext {
             pipeline,
             metrics,
             dead_letter: None,

@@ -29,7 +29,7 @@ async fn auth_fixture(leeway_secs: u64) -> (Fixture, Arc<Auth>) {
         .await
         .unwrap();
     let f = fixture(DeliveryConfig::default());
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(SessionContext {
         hub: f.shared.hub.clone(),
         store: f.store.clone(),
         metrics: f.shared.metrics.clone(),
@@ -46,8 +46,8 @@ async fn auth_fixture(leeway_secs: u64) -> (Fixture, Arc<Auth>) {
     )
 }
 
-fn on(channel: &str) -> Vec<Request> {
-    vec![Request {
+fn on(channel: &str) -> Vec<Subscription> {
+    vec![Subscription {
         channel: channel.into(),
         last_id: None,
         rewind: None,
