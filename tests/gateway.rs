@@ -401,8 +401,11 @@ impl std::io::Write for Received {
 
 impl Unread {
     /// Read everything herald sent until it closed the connection: the
-    /// notifications must have contiguous offsets from 1. The last offset
-    /// and the close code (`None`: no close frame before the end).
+    /// notifications must have contiguous offsets (from wherever the
+    /// subscription started: the client does not wait for `subscribed`, so
+    /// a notification appended before it may precede its live start). How
+    /// many arrived, and the close code (`None`: no close frame before the
+    /// end).
     async fn drain(mut self) -> (u64, Option<u16>) {
         use tokio::io::AsyncReadExt;
         use tokio_tungstenite::tungstenite::protocol::{Role, WebSocket};
@@ -419,20 +422,24 @@ impl Unread {
         assert!(bytes.starts_with(b"HTTP/1.1 101"), "upgraded");
         let frames = Received(std::io::Cursor::new(bytes[head_end..].to_vec()));
         let mut ws = WebSocket::from_raw_socket(frames, Role::Client, None);
-        let mut last = 0;
+        let mut last: Option<u64> = None;
+        let mut received = 0;
         loop {
             match ws.read() {
                 Ok(Message::Text(t)) => {
                     let f: Value = serde_json::from_str(&t).unwrap();
                     if f["type"] == "notification" {
                         let offset = f["offset"].as_u64().unwrap();
-                        assert_eq!(offset, last + 1, "contiguous offsets");
-                        last = offset;
+                        if let Some(last) = last {
+                            assert_eq!(offset, last + 1, "contiguous offsets");
+                        }
+                        last = Some(offset);
+                        received += 1;
                     }
                 }
-                Ok(Message::Close(frame)) => return (last, frame.map(|f| f.code.into())),
+                Ok(Message::Close(frame)) => return (received, frame.map(|f| f.code.into())),
                 Ok(_) => {} // pings
-                Err(_) => return (last, None),
+                Err(_) => return (received, None),
             }
         }
     }
