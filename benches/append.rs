@@ -182,10 +182,10 @@ async fn append_bench(
                             fields: FIELDS.to_string(),
                         };
                         inflight.push_back(store.append(vec![n]));
-                        if inflight.len() >= window {
-                            if let Some(first) = inflight.pop_front() {
-                                first.await.expect("append");
-                            }
+                        if inflight.len() >= window
+                            && let Some(first) = inflight.pop_front()
+                        {
+                            first.await.expect("append");
                         }
                     }
                     while let Some(f) = inflight.pop_front() {

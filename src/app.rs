@@ -171,7 +171,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 key: format!("sources[{i}].{key}"),
                 problem,
             })?;
-            api_keys.push(keys.map(Arc::new));
+            let keys = keys.map(Arc::new);
+            if let Some(keys) = &keys {
+                keys.spawn_reload(metrics.clone(), stop.clone());
+            }
+            api_keys.push(keys);
         }
     }
 
@@ -243,6 +247,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             metrics: metrics.clone(),
             versions: versions.clone(),
             recorder: pipeline.recorder().cloned(),
+            auth: gateway.shared.auth.clone(),
         },
         admin_token.clone(),
     );

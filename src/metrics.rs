@@ -50,6 +50,8 @@ pub struct Metrics {
     pub history_notifications: Counter,
     /// Rules versions loaded, by result (`ok`, `rejected`).
     pub rules_reloads: Family<Labels, Counter>,
+    /// `api_keys_file` reloads after a change, by result (`ok`, `rejected`).
+    pub api_keys_reloads: Family<Labels, Counter>,
     /// Rules versions made live, by version id and origin (`api`,
     /// `rollback`, `store` (activated by another node), `built-in` or the
     /// file's path).
@@ -153,6 +155,7 @@ impl Metrics {
         let client_errors = Family::<Labels, Counter>::default();
         let auth_rejections = Family::<Labels, Counter>::default();
         let rules_reloads = Family::<Labels, Counter>::default();
+        let api_keys_reloads = Family::<Labels, Counter>::default();
         let rules_activations = Family::<Labels, Counter>::default();
         let history_requests = Family::<Labels, Counter>::default();
         let history_notifications = Counter::default();
@@ -241,6 +244,11 @@ impl Metrics {
             rules_reloads.clone(),
         );
         registry.register(
+            "api_keys_reloads",
+            "Producer key files reloaded after a change, by result",
+            api_keys_reloads.clone(),
+        );
+        registry.register(
             "rules_activations",
             "Rules versions made live, by version id and origin",
             rules_activations.clone(),
@@ -299,6 +307,7 @@ impl Metrics {
             client_errors,
             auth_rejections,
             rules_reloads,
+            api_keys_reloads,
             rules_activations,
             history_requests,
             history_notifications,
@@ -393,6 +402,13 @@ impl Metrics {
     pub fn rules_loaded(&self, ok: bool) {
         let result = if ok { "ok" } else { "rejected" };
         self.rules_reloads
+            .get_or_create(&vec![("result", result.to_string())])
+            .inc();
+    }
+
+    pub fn api_keys_loaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "rejected" };
+        self.api_keys_reloads
             .get_or_create(&vec![("result", result.to_string())])
             .inc();
     }

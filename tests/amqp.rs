@@ -306,7 +306,7 @@ async fn a_connection_closed_by_the_broker_is_reopened_and_nothing_is_lost() {
                     .publish_json(&exchange, "orders.created", &order(&channel, seq))
                     .await;
                 seq += 1;
-                if seq % 10 == 0 {
+                if seq.is_multiple_of(10) {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
                 if end.is_none() && closed.load(Ordering::SeqCst) {

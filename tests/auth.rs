@@ -355,20 +355,29 @@ async fn a_refresh_that_drops_a_channel_or_changes_sub() {
     h.stop().await;
 }
 
+/// JWT authentication with `jwks` as the only keys.
+fn jwks_auth(
+    jwks: &JwksServer,
+    cooldown_secs: u64,
+    refresh_secs: u64,
+) -> impl FnOnce(&mut herald::config::Config) {
+    let url = jwks.url.clone();
+    move |c| {
+        c.auth = AuthConfig {
+            mode: AuthMode::Jwt,
+            jwks_url: Some(url),
+            jwks_cooldown_secs: cooldown_secs,
+            jwks_refresh_secs: refresh_secs,
+            ..AuthConfig::default()
+        };
+    }
+}
+
 #[tokio::test]
 async fn jwks_key_rotation_without_restart_and_an_outage() {
     let (k1, k2) = (key(KeyKind::P256), key(KeyKind::Ed25519));
     let jwks = JwksServer::start(vec![k1.jwk("k1").unwrap()]).await;
-    let url = jwks.url.clone();
-    let h = Herald::start_with(move |c| {
-        c.auth = AuthConfig {
-            mode: AuthMode::Jwt,
-            jwks_url: Some(url),
-            jwks_cooldown_secs: 0,
-            ..AuthConfig::default()
-        };
-    })
-    .await;
+    let h = Herald::start_with(jwks_auth(&jwks, 0, 300)).await;
     let claims = json!({ "sub": "j", "exp": now() + 300 });
     let t1 = k1.sign(&claims, None, Some("k1")).unwrap();
     h.subscribe(&format!("token={t1}")).await;
@@ -399,20 +408,39 @@ async fn jwks_key_rotation_without_restart_and_an_outage() {
     h.stop().await;
 }
 
+/// Mutation caught: `/readyz` ignoring authentication (200 while no token
+/// can be checked because the only keys are a JWKS never fetched).
+#[tokio::test]
+async fn a_jwks_never_fetched_is_not_ready_until_it_is() {
+    let k1 = key(KeyKind::P256);
+    let jwks = JwksServer::start(vec![k1.jwk("k1").unwrap()]).await;
+    jwks.set_failing(true);
+    let h = Herald::start_with(jwks_auth(&jwks, 0, 3)).await;
+    let (status, body) = h.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["auth"]["ready"], false, "{body}");
+    let detail = body["auth"]["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("JWKS was never fetched"), "{body}");
+    let t1 = k1
+        .sign(&json!({ "sub": "j", "exp": now() + 300 }), None, Some("k1"))
+        .unwrap();
+    assert_eq!(refused(&h, &format!("token={t1}")).await.0, Some(4001));
+    // The provider comes back: the background retry fetches the set and
+    // herald turns ready without a restart.
+    jwks.set_failing(false);
+    h.wait_ready(200, Duration::from_secs(20))
+        .await
+        .expect("ready once the JWKS is fetched");
+    h.subscribe(&format!("token={t1}")).await;
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn unknown_kids_fetch_the_jwks_at_most_once_per_cooldown() {
     let k1 = key(KeyKind::P256);
     let jwks = JwksServer::start(vec![k1.jwk("k1").unwrap()]).await;
-    let url = jwks.url.clone();
-    let h = Herald::start_with(move |c| {
-        c.auth = AuthConfig {
-            mode: AuthMode::Jwt,
-            jwks_url: Some(url),
-            jwks_cooldown_secs: 3600,
-            ..AuthConfig::default()
-        };
-    })
-    .await;
+    let h = Herald::start_with(jwks_auth(&jwks, 3600, 300)).await;
     for i in 0..5 {
         let t = k1
             .sign(
@@ -425,6 +453,25 @@ async fn unknown_kids_fetch_the_jwks_at_most_once_per_cooldown() {
     }
     assert_eq!(jwks.hits(), 1, "only the fetch at start");
     h.stop().await;
+}
+
+/// The default configuration's HTTP source.
+fn http_source(c: &mut herald::config::Config) -> &mut herald::source::http::HttpSourceConfig {
+    let herald::source::SourceConfig::Http(http) = &mut c.sources[0] else {
+        panic!("the default HTTP source");
+    };
+    http
+}
+
+/// POST an event to `topic` with `key` (or none); the status.
+async fn post_with_key(h: &Herald, topic: &str, key: Option<&str>) -> u16 {
+    let mut req = reqwest::Client::new()
+        .post(format!("{}/events/{topic}", h.base))
+        .json(&event("broadcast", 1));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    req.send().await.unwrap().status().as_u16()
 }
 
 #[tokio::test]
@@ -444,9 +491,7 @@ async fn producers_need_a_key_limited_keys_their_topics() {
     let digest = herald::auth::api_keys::digest(&open);
     let h = Herald::start_with(move |c| {
         jwt(c);
-        let herald::source::SourceConfig::Http(http) = &mut c.sources[0] else {
-            panic!("the default HTTP source");
-        };
+        let http = http_source(c);
         http.api_keys = vec![herald::auth::api_keys::ApiKeyEntry {
             digest,
             topics: vec![],
@@ -454,21 +499,61 @@ async fn producers_need_a_key_limited_keys_their_topics() {
         http.api_keys_file = Some(keyfile);
     })
     .await;
-    let http = reqwest::Client::new();
-    let post = |topic: &str, key: Option<&str>| {
-        let mut req = http
-            .post(format!("{}/events/{topic}", h.base))
-            .json(&event("broadcast", 1));
-        if let Some(k) = key {
-            req = req.bearer_auth(k);
-        }
-        async move { req.send().await.unwrap().status().as_u16() }
+    assert_eq!(post_with_key(&h, "orders.eu", None).await, 401);
+    assert_eq!(
+        post_with_key(&h, "orders.eu", Some("hrld_not-a-key")).await,
+        403
+    );
+    assert_eq!(post_with_key(&h, "billing", Some(&limited)).await, 403);
+    assert_eq!(post_with_key(&h, "orders.eu", Some(&limited)).await, 202);
+    assert_eq!(post_with_key(&h, "billing", Some(&open)).await, 202);
+    h.stop().await;
+}
+
+/// A key revoked or added in `api_keys_file` takes effect without a
+/// restart; a broken file is rejected and the keys in use stay. Mutations
+/// caught: keys read only at start; a reload that applies an unparsable
+/// file (every producer refused, or the source left open).
+#[tokio::test]
+async fn the_api_key_file_reloads_on_change_and_a_broken_one_is_rejected() {
+    let [first, second] = [(); 2].map(|()| herald::auth::api_keys::new_key().unwrap());
+    let files = KeyFiles::new();
+    let digest = herald::auth::api_keys::digest;
+    let keyfile = files.file("producers", &format!("{}\n", digest(&first)));
+    let path = keyfile.clone();
+    let h = Herald::start_with(move |c| http_source(c).api_keys_file = Some(path)).await;
+    // Replace the file the way config management does: write, then rename.
+    let replace = |text: String| {
+        let tmp = keyfile.with_extension("new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &keyfile).unwrap();
     };
-    assert_eq!(post("orders.eu", None).await, 401);
-    assert_eq!(post("orders.eu", Some("hrld_not-a-key")).await, 403);
-    assert_eq!(post("billing", Some(&limited)).await, 403);
-    assert_eq!(post("orders.eu", Some(&limited)).await, 202);
-    assert_eq!(post("billing", Some(&open)).await, 202);
+    assert_eq!(post_with_key(&h, "orders", Some(&first)).await, 202);
+    assert_eq!(post_with_key(&h, "orders", Some(&second)).await, 403);
+
+    replace(format!("# rotated\n{}\n", digest(&second)));
+    let ok = r#"herald_api_keys_reloads_total{result="ok"}"#;
+    assert_eq!(
+        h.wait_metric(ok, 1.0).await,
+        1.0,
+        "no reload after the change"
+    );
+    assert_eq!(post_with_key(&h, "orders", Some(&second)).await, 202);
+    assert_eq!(
+        post_with_key(&h, "orders", Some(&first)).await,
+        403,
+        "the revoked key still works"
+    );
+
+    replace("sha256:not-hex\n".into());
+    let rejected = r#"herald_api_keys_reloads_total{result="rejected"}"#;
+    assert_eq!(h.wait_metric(rejected, 1.0).await, 1.0, "not reported");
+    assert_eq!(
+        post_with_key(&h, "orders", Some(&second)).await,
+        202,
+        "the keys in use stay"
+    );
+    assert_eq!(post_with_key(&h, "orders", Some(&first)).await, 403);
     h.stop().await;
 }
 

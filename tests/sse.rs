@@ -111,13 +111,15 @@ impl Sse {
         }
     }
 
-    /// The `event: close` block's data.
+    /// The `event: close` block's data (checked against its schema).
     async fn close(&mut self) -> Value {
         loop {
             let e = self.frame().await;
             if e.event.as_deref() == Some("close") {
                 assert!(self.next().await.is_none(), "the stream ends after close");
-                return e.json();
+                let data = e.json();
+                assert_close_schema(&data);
+                return data;
             }
         }
     }
@@ -402,4 +404,16 @@ async fn sse_sessions_count_as_sessions() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     h.stop().await;
+}
+
+/// `data` matches `schemas/sse-close.schema.json`.
+fn assert_close_schema(data: &Value) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/sse-close.schema.json");
+    let schema: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).expect("a valid schema");
+    let errors: Vec<String> = validator.iter_errors(data).map(|e| e.to_string()).collect();
+    assert!(
+        errors.is_empty(),
+        "close data {data} does not match: {errors:?}"
+    );
 }

@@ -31,6 +31,8 @@ pub struct Admin {
     pub versions: Arc<Versions>,
     /// The traffic recorder, when on.
     pub recorder: Option<Arc<crate::recorder::Recorder>>,
+    /// Client authentication: not ready while it cannot check any token.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 /// `/healthz`: on every listener, never behind a token (load balancers and
@@ -83,15 +85,17 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 when the store and every source are ready, else 503; the body
-/// says which is not, and why.
+/// 200 when the store, every source and client authentication are ready,
+/// else 503; the body says which is not, and why.
 async fn readyz(State(admin): State<Admin>) -> Response {
     let (sources_ready, sources) = admin.readiness.snapshot();
-    let store = match admin.store.readiness() {
+    let part = |r: Result<(), String>| match r {
         Ok(()) => json!({ "ready": true }),
         Err(detail) => json!({ "ready": false, "detail": detail }),
     };
-    let ready = sources_ready && store["ready"] == true;
+    let store = part(admin.store.readiness());
+    let auth = part(admin.auth.readiness());
+    let ready = sources_ready && store["ready"] == true && auth["ready"] == true;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -99,7 +103,7 @@ async fn readyz(State(admin): State<Admin>) -> Response {
     };
     (
         status,
-        axum::Json(json!({ "ready": ready, "store": store, "sources": sources })),
+        axum::Json(json!({ "ready": ready, "store": store, "auth": auth, "sources": sources })),
     )
         .into_response()
 }

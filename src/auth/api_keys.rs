@@ -9,9 +9,16 @@
 //!
 //! `api_keys_file` holds one key per line: the digest, then optionally the
 //! topic globs it is limited to, separated by spaces; `#` starts a comment.
+//! The file is watched: a change of its content replaces the keys (a key
+//! added or revoked without a restart). A file that no longer parses, or
+//! lists no key, is rejected and the keys in use stay — a reload never
+//! opens a source that had keys.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use aws_lc_rs::{constant_time, digest as sha};
 use axum::http::{HeaderMap, StatusCode};
@@ -19,6 +26,10 @@ use base64::Engine;
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::watch::Changes;
 
 /// Prefix of keys made by `herald keys new`, so secret scanners and people
 /// can tell what a leaked string is.
@@ -188,53 +199,98 @@ struct Key {
 /// The keys one HTTP source accepts.
 #[derive(Debug)]
 pub struct ApiKeys {
-    keys: Vec<Key>,
+    /// The keys in use: `entries` plus the file's lines as last loaded.
+    keys: ArcSwap<Vec<Key>>,
+    /// The keys written in the configuration (they never change).
+    entries: Vec<ApiKeyEntry>,
+    file: Option<PathBuf>,
+    /// The file's content last tried, so a touch without a change does
+    /// nothing.
+    last_text: std::sync::Mutex<Option<String>>,
 }
 
 impl ApiKeys {
     /// The keys of `entries` and `file`; `None` when there are none (the
     /// source is open).
     pub fn load(entries: &[ApiKeyEntry], file: Option<&Path>) -> Result<Option<Self>, String> {
-        let mut all = entries.to_vec();
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-            all.extend(
-                parse_file(&text).map_err(|(line, p)| format!("{}:{line}: {p}", path.display()))?,
-            );
-            if all.len() == entries.len() {
-                return Err(format!("{} lists no key", path.display()));
-            }
-        }
-        if all.is_empty() {
+        let text = file.map(read_file).transpose()?;
+        if text.is_none() && entries.is_empty() {
             return Ok(None);
         }
-        let keys = all
-            .iter()
-            .map(|e| {
-                Ok(Key {
-                    digest: parse_digest(&e.digest)?,
-                    topics: topic_globs(&e.topics)?,
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(Some(Self { keys }))
+        let keys = build(entries, file.zip(text.as_deref()))?;
+        Ok(Some(Self {
+            keys: ArcSwap::from_pointee(keys),
+            entries: entries.to_vec(),
+            file: file.map(Path::to_path_buf),
+            last_text: std::sync::Mutex::new(text),
+        }))
+    }
+
+    /// Read the file again and put its keys in use when its content
+    /// changed and is valid. `Ok(true)` when new keys went live.
+    pub fn reload(&self) -> Result<bool, String> {
+        let Some(path) = &self.file else {
+            return Ok(false);
+        };
+        let text = read_file(path)?;
+        {
+            let mut last = crate::sync::lock(&self.last_text);
+            if last.as_deref() == Some(text.as_str()) {
+                return Ok(false);
+            }
+            *last = Some(text.clone());
+        }
+        let keys = build(&self.entries, Some((path, &text)))?;
+        self.keys.store(Arc::new(keys));
+        Ok(true)
+    }
+
+    /// Reload on every change of the file until `stop` (nothing to do
+    /// without a file).
+    pub fn spawn_reload(self: &Arc<Self>, metrics: Arc<Metrics>, stop: CancellationToken) {
+        let Some(path) = self.file.clone() else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut changes = match Changes::watch(&[path.as_path()]) {
+                Ok(changes) => changes,
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "cannot watch the API key file; key reload disabled");
+                    return;
+                }
+            };
+            while changes.next(&stop).await.is_some() {
+                match this.reload() {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        metrics.api_keys_loaded(true);
+                        tracing::info!(file = %path.display(), keys = this.len(), "API keys reloaded");
+                    }
+                    Err(problem) => {
+                        metrics.api_keys_loaded(false);
+                        tracing::error!(%problem, "API key file rejected; the keys in use stay");
+                    }
+                }
+            }
+        });
     }
 
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.keys.load().len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.keys.load().is_empty()
     }
 
     /// May the request with `headers` post to `topic`?
     pub fn check(&self, headers: &HeaderMap, topic: &str) -> Result<(), KeyRejection> {
         let key = super::bearer(headers).ok_or(KeyRejection::Missing)?;
         let presented = sha::digest(&sha::SHA256, key.as_bytes());
+        let keys = self.keys.load();
         let mut matched: Option<&Key> = None;
-        for k in &self.keys {
+        for k in keys.iter() {
             let equal =
                 constant_time::verify_slices_are_equal(presented.as_ref(), &k.digest).is_ok();
             if equal && matched.is_none() {
@@ -247,6 +303,31 @@ impl ApiKeys {
             _ => Ok(()),
         }
     }
+}
+
+fn read_file(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
+/// The keys of `entries` plus those of a key file's text.
+fn build(entries: &[ApiKeyEntry], file: Option<(&Path, &str)>) -> Result<Vec<Key>, String> {
+    let mut all = entries.to_vec();
+    if let Some((path, text)) = file {
+        all.extend(
+            parse_file(text).map_err(|(line, p)| format!("{}:{line}: {p}", path.display()))?,
+        );
+        if all.len() == entries.len() {
+            return Err(format!("{} lists no key", path.display()));
+        }
+    }
+    all.iter()
+        .map(|e| {
+            Ok(Key {
+                digest: parse_digest(&e.digest)?,
+                topics: topic_globs(&e.topics)?,
+            })
+        })
+        .collect()
 }
 
 /// The entries of an `api_keys_file`, or the line number and problem.

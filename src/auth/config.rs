@@ -329,13 +329,14 @@ impl AdminConfig {
                 "needs admin.listen (without it the admin endpoints use server.tls)".into(),
             ));
         }
-        if let Some(listen) = self.listen {
-            if listen == public && listen.port() != 0 {
-                return Err((
-                    "admin.listen".into(),
-                    format!("{listen} is server.listen; give the admin listener its own port"),
-                ));
-            }
+        if let Some(listen) = self.listen
+            && listen == public
+            && listen.port() != 0
+        {
+            return Err((
+                "admin.listen".into(),
+                format!("{listen} is server.listen; give the admin listener its own port"),
+            ));
         }
         Ok(())
     }

@@ -289,6 +289,32 @@ impl Auth {
         self.mode != AuthMode::None
     }
 
+    /// Whether tokens can be checked at all: not when the only keys are a
+    /// JWKS that was never fetched (every client would be refused). Once
+    /// fetched, a failing refresh keeps the cached keys and stays ready.
+    pub fn readiness(&self) -> Result<(), String> {
+        let Some(verifier) = &self.verifier else {
+            return Ok(());
+        };
+        match &verifier.jwks {
+            Some(jwks) if verifier.static_keys.is_empty() => {
+                let status = jwks.status();
+                if status.fetched_once {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the JWKS was never fetched, so no token can be checked: {}",
+                        status
+                            .last_error
+                            .as_deref()
+                            .unwrap_or("first fetch pending")
+                    ))
+                }
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// The JWKS cache's state, when one is configured.
     pub fn jwks_status(&self) -> Option<JwksStatus> {
         let jwks = self.verifier.as_ref()?.jwks.as_ref()?;

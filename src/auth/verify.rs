@@ -77,10 +77,10 @@ impl Verifier {
             (None, Some(kid)) => {
                 // A key id the cache does not hold: the provider may have
                 // rotated its keys since the last fetch.
-                if jwks.refetch_for_unknown_kid(kid).await {
-                    if let Some(verdict) = try_jwks(token, header.alg, Some(kid), &jwks.keys()) {
-                        return verdict;
-                    }
+                if jwks.refetch_for_unknown_kid(kid).await
+                    && let Some(verdict) = try_jwks(token, header.alg, Some(kid), &jwks.keys())
+                {
+                    return verdict;
                 }
                 tracing::debug!(kid = %printable(kid), "token names an unknown key id");
                 Err(Rejection::invalid("unknown key id"))

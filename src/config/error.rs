@@ -50,10 +50,10 @@ impl Sources<'_> {
         let mut path: Vec<String> = e.path.clone();
         // For an unknown field serde names the table it is in (always for
         // a `[[sources]]` entry), sometimes the field too.
-        if let Kind::UnknownField(field, _) = &e.kind {
-            if path.last() != Some(field) {
-                path.push(field.clone());
-            }
+        if let Kind::UnknownField(field, _) = &e.kind
+            && path.last() != Some(field)
+        {
+            path.push(field.clone());
         }
         let key = dotted(&path);
         let env = e.metadata.as_ref().is_some_and(is_env);

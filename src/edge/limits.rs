@@ -358,10 +358,8 @@ pub fn content_length_over(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .is_some_and(|n| n > max as u64);
-    if over {
-        if let Some(c) = connection {
-            c.linger();
-        }
+    if over && let Some(c) = connection {
+        c.linger();
     }
     over
 }

@@ -199,10 +199,10 @@ pub(super) fn compile(text: &str, format: Format) -> Result<(Compiled, usize), V
         }
         let emit = &spec["emit"];
         for field in ["channel", "title", "body", "dedupe_key", "priority"] {
-            if let Some(src) = emit[field].as_str().filter(|s| is_template(s)) {
-                if let Err(e) = env.add_template_owned(ctx.name(field), src.to_string()) {
-                    problems.push(ctx.diag(&format!("emit.{field}"), describe(&e)));
-                }
+            if let Some(src) = emit[field].as_str().filter(|s| is_template(s))
+                && let Err(e) = env.add_template_owned(ctx.name(field), src.to_string())
+            {
+                problems.push(ctx.diag(&format!("emit.{field}"), describe(&e)));
             }
         }
         add_data_templates(&mut env, &ctx, &emit["data"], "data", &mut problems);
@@ -272,10 +272,9 @@ fn validate(doc: &Document) -> Vec<Diagnostic> {
             let mut pointer = error.instance_path().as_str().to_string();
             if let jsonschema::error::ValidationErrorKind::AdditionalProperties { unexpected } =
                 error.kind()
+                && let Some(key) = unexpected.first()
             {
-                if let Some(key) = unexpected.first() {
-                    pointer = format!("{pointer}/{key}");
-                }
+                pointer = format!("{pointer}/{key}");
             }
             let segments: Vec<&str> = pointer.split('/').skip(1).collect();
             let (rule, field) = match segments.as_slice() {

@@ -79,10 +79,10 @@ fn apply(
     if rule.source.is_some_and(|s| s != event.meta.source) {
         return Ok(());
     }
-    if let Some(topic) = &rule.topic {
-        if !topic.is_match(&event.meta.topic) {
-            return Ok(());
-        }
+    if let Some(topic) = &rule.topic
+        && !topic.is_match(&event.meta.topic)
+    {
+        return Ok(());
     }
     let fail = |field: &str, index: Option<usize>, message: String| RuleFailure {
         rule: rule.id.clone(),

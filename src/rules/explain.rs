@@ -218,10 +218,9 @@ fn trace(
             .fields
             .get("emit.channel")
             .and_then(|f| f.value.as_ref())
+            && let Some(c) = channel.as_str()
         {
-            if let Some(c) = channel.as_str() {
-                t.channels_if_matched.push(c.to_string());
-            }
+            t.channels_if_matched.push(c.to_string());
         }
     }
     t

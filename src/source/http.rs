@@ -172,11 +172,11 @@ async fn ingest(
     body: Body,
 ) -> Response {
     let pipeline = &ingest.pipeline;
-    if let Some(keys) = &ingest.keys {
-        if let Err(refused) = keys.check(&headers, &topic) {
-            pipeline.metrics().auth_rejected("ingest", refused.label());
-            return error(refused.status(), refused.message());
-        }
+    if let Some(keys) = &ingest.keys
+        && let Err(refused) = keys.check(&headers, &topic)
+    {
+        pipeline.metrics().auth_rejected("ingest", refused.label());
+        return error(refused.status(), refused.message());
     }
     if topic.len() > MAX_TOPIC_LEN || topic.chars().any(char::is_control) {
         return error(

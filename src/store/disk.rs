@@ -872,10 +872,10 @@ impl Writer {
         }
         out.sweep_done = stopped_at.is_none();
         sweep.from = stopped_at;
-        if out.sweep_done {
-            if let Some(meta) = restage(out, &self.loaded, &sweep.name) {
-                meta.swept = meta.swept.max(sweep.cutoff);
-            }
+        if out.sweep_done
+            && let Some(meta) = restage(out, &self.loaded, &sweep.name)
+        {
+            meta.swept = meta.swept.max(sweep.cutoff);
         }
         out.swept = Some(sweep);
         Ok(())
@@ -944,11 +944,11 @@ impl Writer {
         }
         if let Some(trim) = &mut self.trim {
             trim.trimmed += out.trimmed_by_age;
-            if out.trim_done {
-                if let Some(trim) = self.trim.take() {
-                    for reply in trim.replies {
-                        let _ = reply.send(Ok(trim.trimmed));
-                    }
+            if out.trim_done
+                && let Some(trim) = self.trim.take()
+            {
+                for reply in trim.replies {
+                    let _ = reply.send(Ok(trim.trimmed));
                 }
             }
         }

@@ -3,7 +3,7 @@
 //! changes and stops, clients that present a token.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use herald::auth::mint::{KeyKind, SigningKey};
@@ -92,12 +92,13 @@ pub async fn connect_bearer(url: &str, token: &str) -> Client {
     Client { ws }
 }
 
-/// A JWKS endpoint on 127.0.0.1: the test replaces its keys and can stop
-/// it; it counts the fetches.
+/// A JWKS endpoint on 127.0.0.1: the test replaces its keys, can make it
+/// answer 503 or stop it; it counts the fetches.
 pub struct JwksServer {
     pub url: String,
     set: Arc<Mutex<Value>>,
     hits: Arc<AtomicUsize>,
+    failing: Arc<AtomicBool>,
     stop: CancellationToken,
 }
 
@@ -106,14 +107,18 @@ impl JwksServer {
         use axum::routing::get;
         let set = Arc::new(Mutex::new(json!({ "keys": keys })));
         let hits = Arc::new(AtomicUsize::new(0));
-        let (s, h) = (set.clone(), hits.clone());
+        let failing = Arc::new(AtomicBool::new(false));
+        let (s, h, f) = (set.clone(), hits.clone(), failing.clone());
         let app = axum::Router::new().route(
             "/jwks.json",
             get(move || {
-                let (s, h) = (s.clone(), h.clone());
+                let (s, h, f) = (s.clone(), h.clone(), f.clone());
                 async move {
                     h.fetch_add(1, Ordering::SeqCst);
-                    axum::Json(s.lock().unwrap().clone())
+                    if f.load(Ordering::SeqCst) {
+                        return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+                    }
+                    Ok(axum::Json(s.lock().unwrap().clone()))
                 }
             }),
         );
@@ -130,8 +135,14 @@ impl JwksServer {
             url,
             set,
             hits,
+            failing,
             stop,
         }
+    }
+
+    /// Answer 503 (an identity provider that is down) while `on`.
+    pub fn set_failing(&self, on: bool) {
+        self.failing.store(on, Ordering::SeqCst);
     }
 
     pub fn replace(&self, keys: Vec<Value>) {

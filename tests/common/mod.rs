@@ -196,10 +196,10 @@ impl Drop for Herald {
         running.stopper().cancel();
         // A current-thread runtime cannot block here; its herald stops with
         // the runtime (no Kafka test runs on one).
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-                tokio::task::block_in_place(|| handle.block_on(running.wait()));
-            }
+        if let Ok(handle) = tokio::runtime::Handle::try_current()
+            && handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            tokio::task::block_in_place(|| handle.block_on(running.wait()));
         }
     }
 }

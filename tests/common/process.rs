@@ -209,10 +209,10 @@ impl Process {
         let deadline = Instant::now() + within;
         let client = reqwest::Client::new();
         while Instant::now() < deadline {
-            if let Ok(res) = client.get(format!("{}/readyz", self.base())).send().await {
-                if res.status().as_u16() == want {
-                    return true;
-                }
+            if let Ok(res) = client.get(format!("{}/readyz", self.base())).send().await
+                && res.status().as_u16() == want
+            {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

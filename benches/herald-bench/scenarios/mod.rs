@@ -207,10 +207,10 @@ async fn drain(opts: &Opts, server: &Server, kind: Kind, events: u64) -> Result<
         if n > 0 && first.is_none() {
             first = Some((Meter::start(server), n));
         }
-        if let Some((meter, before)) = &first {
-            if n >= events {
-                return Ok((meter.stop(server), n.saturating_sub(*before)));
-            }
+        if let Some((meter, before)) = &first
+            && n >= events
+        {
+            return Ok((meter.stop(server), n.saturating_sub(*before)));
         }
         if Instant::now() > end {
             bail!(

@@ -124,20 +124,20 @@ async fn measure(
                 if let Some(kib) = pid_server.and_then(crate::server::rss_kib_of) {
                     rss[phase].fetch_max(kib, Ordering::Relaxed);
                 }
-                if evicted_ms.load(Ordering::Relaxed) == 0 {
-                    if let Ok(r) = http.get(&metrics_url).send().await {
-                        let text = r.text().await.unwrap_or_default();
-                        if text.lines().any(|l| {
-                            l.starts_with("herald_sessions_closed_total{reason=\"too_slow\"}")
-                                && !l.ends_with(" 0")
-                        }) {
-                            // From the start of phase B (0 if it came earlier).
-                            let ms = Instant::now()
-                                .saturating_duration_since(phase_b_at)
-                                .as_millis() as u64;
-                            // +1: 0 means "not yet".
-                            evicted_ms.store(ms + 1, Ordering::Relaxed);
-                        }
+                if evicted_ms.load(Ordering::Relaxed) == 0
+                    && let Ok(r) = http.get(&metrics_url).send().await
+                {
+                    let text = r.text().await.unwrap_or_default();
+                    if text.lines().any(|l| {
+                        l.starts_with("herald_sessions_closed_total{reason=\"too_slow\"}")
+                            && !l.ends_with(" 0")
+                    }) {
+                        // From the start of phase B (0 if it came earlier).
+                        let ms = Instant::now()
+                            .saturating_duration_since(phase_b_at)
+                            .as_millis() as u64;
+                        // +1: 0 means "not yet".
+                        evicted_ms.store(ms + 1, Ordering::Relaxed);
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;

@@ -231,10 +231,10 @@ impl Versions {
         origin: &str,
     ) -> Result<Option<VersionRecord>, ActivateError> {
         let from_file = self.file.as_ref().map(|p| p.display().to_string());
-        if let Some(path) = &self.file {
-            if from_file.as_deref() != Some(origin) {
-                return Err(ActivateError::FileMode(path.clone()));
-            }
+        if let Some(path) = &self.file
+            && from_file.as_deref() != Some(origin)
+        {
+            return Err(ActivateError::FileMode(path.clone()));
         }
         let metrics = self.pipeline.metrics().clone();
         let rules = match Rules::parse(&text.text, text.format, origin) {

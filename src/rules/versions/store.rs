@@ -203,10 +203,10 @@ impl DiskVersions {
             }
             std::fs::rename(&tmp, &file).map_err(fail)?;
             // The rename is durable once the directory is.
-            if let Some(dir) = file.parent() {
-                if let Ok(d) = std::fs::File::open(dir) {
-                    let _ = d.sync_all();
-                }
+            if let Some(dir) = file.parent()
+                && let Ok(d) = std::fs::File::open(dir)
+            {
+                let _ = d.sync_all();
             }
             Ok(())
         })

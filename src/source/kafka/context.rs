@@ -254,15 +254,15 @@ impl ConsumerCtx {
             let mut tpl = TopicPartitionList::with_capacity(1);
             tpl.add_partition(&w.topic, w.partition);
             self.start_partitions(&tpl);
-            if next >= 0 {
-                if let Err(e) = consumer.seek(
+            if next >= 0
+                && let Err(e) = consumer.seek(
                     &w.topic,
                     w.partition,
                     Offset::Offset(next),
                     Duration::from_secs(1),
-                ) {
-                    tracing::error!(source = %self.name, topic = %w.topic, partition = w.partition, error = %e, "cannot rewind partition");
-                }
+                )
+            {
+                tracing::error!(source = %self.name, topic = %w.topic, partition = w.partition, error = %e, "cannot rewind partition");
             }
         }
     }
@@ -283,10 +283,10 @@ impl ConsumerCtx {
                 }
             }
         }
-        if tpl.count() > 0 {
-            if let Err(e) = consumer.store_offsets(&tpl) {
-                tracing::debug!(source = %self.name, error = %e, "offsets not stored (partition no longer assigned?)");
-            }
+        if tpl.count() > 0
+            && let Err(e) = consumer.store_offsets(&tpl)
+        {
+            tracing::debug!(source = %self.name, error = %e, "offsets not stored (partition no longer assigned?)");
         }
     }
 
