@@ -1,3 +1,7 @@
+use std::time::Instant;
+
+use redb::ReadableDatabase;
+
 use super::*;
 use crate::metrics::Metrics;
 use crate::store::Recorder;

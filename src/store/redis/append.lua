@@ -1,0 +1,34 @@
+-- KEYS: notify, heads, then (meta, log, dedupe) per notification.
+-- ARGV: now, max_per_channel, dedupe_window, notify_max_len, fresh epoch,
+-- then (channel, dedupe key, fields) per notification.
+-- Returns {epoch, offset, duplicate} per notification.
+local now, maxlen, window, notify_max, fresh = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local out = {}
+for i = 1, (#KEYS - 2) / 3 do
+  local meta, log, dd = KEYS[3 * i], KEYS[3 * i + 1], KEYS[3 * i + 2]
+  local channel, key, fields = ARGV[3 * i + 3], ARGV[3 * i + 4], ARGV[3 * i + 5]
+  local epoch = redis.call('HGET', meta, 'epoch')
+  if not epoch then
+    redis.call('DEL', log, dd)
+    redis.call('HSET', meta, 'epoch', fresh, 'last', 0)
+    epoch = fresh
+  end
+  local seen = redis.call('ZSCORE', dd, key)
+  if seen then
+    out[i] = {epoch, tonumber(seen), 1}
+  else
+    local offset = redis.call('HINCRBY', meta, 'last', 1)
+    redis.call('XADD', log, 'MAXLEN', maxlen, string.format('%d-0', offset), 't', now, 'f', fields)
+    if redis.call('XLEN', log) == 1 then
+      redis.call('ZADD', KEYS[2], 'NX', now, channel)
+    end
+    redis.call('ZADD', dd, offset, key)
+    if offset > window then
+      redis.call('ZREMRANGEBYSCORE', dd, '-inf', offset - window)
+    end
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', notify_max, '*',
+      'c', channel, 'e', epoch, 'o', offset, 't', now, 'f', fields)
+    out[i] = {epoch, offset, 0}
+  end
+end
+return out
