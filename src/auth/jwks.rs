@@ -97,6 +97,12 @@ impl Jwks {
         })
     }
 
+    /// Successful fetches so far: a token verified under another
+    /// generation may have been checked against keys no longer held.
+    pub(super) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// The keys held now.
     pub(super) fn keys(&self) -> Arc<Vec<VerifyKey>> {
         self.keys.load_full()

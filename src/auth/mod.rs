@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod api_keys;
+mod cache;
 pub mod config;
 mod jwks;
 mod keys;
@@ -280,6 +281,7 @@ impl Auth {
                 allowed,
                 static_keys,
                 jwks,
+                verified: cache::Verified::new(config.leeway_secs),
             }),
             policy: Some(policy),
         }))

@@ -22,6 +22,7 @@ use jsonwebtoken::{Algorithm, TokenData, decode, decode_header};
 use serde_json::{Map, Value};
 
 use super::Rejection;
+use super::cache::Verified;
 use super::jwks::{Jwks, printable};
 use super::keys::VerifyKey;
 
@@ -36,6 +37,8 @@ pub(super) struct Verifier {
     pub(super) allowed: Vec<Algorithm>,
     pub(super) static_keys: Vec<VerifyKey>,
     pub(super) jwks: Option<Arc<Jwks>>,
+    /// Tokens that passed, for clients that reconnect with them.
+    pub(super) verified: Verified,
 }
 
 /// One key's verdict.
@@ -48,8 +51,25 @@ enum Outcome {
 }
 
 impl Verifier {
-    /// The token's claims when its signature and claims check out.
+    /// The token's claims when its signature and claims check out (or
+    /// did, against the same keys, and it has not expired since).
     pub(super) async fn verify(&self, token: &str) -> Result<Claims, Rejection> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(Rejection::invalid("token too long"));
+        }
+        let generation = self.jwks.as_ref().map_or(0, |j| j.generation());
+        if let Some(claims) = self
+            .verified
+            .get(token, generation, crate::clock::now_ms() / 1000)
+        {
+            return Ok(claims);
+        }
+        let claims = self.verify_uncached(token).await?;
+        self.verified.insert(token, &claims, generation);
+        Ok(claims)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<Claims, Rejection> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(Rejection::invalid("token too long"));
         }
