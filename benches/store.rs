@@ -33,8 +33,13 @@ fn notification(channel: &str, i: u64) -> NewNotification {
 
 /// The memory store and the hub it publishes to.
 fn memory() -> (Arc<dyn Store>, Arc<Hub>) {
-    let hub = Arc::new(Hub::new(Arc::new(Metrics::new())));
-    let store = Arc::new(MemoryStore::new(&StoreConfig::default(), hub.clone()));
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let store = Arc::new(MemoryStore::new(
+        &StoreConfig::default(),
+        hub.clone(),
+        metrics,
+    ));
     (store, hub)
 }
 

@@ -72,8 +72,12 @@ pub struct Metrics {
     /// Store operations that failed, by operation (`append`, `read`,
     /// `trim`, `feed`).
     pub store_errors: Family<Labels, Counter>,
-    /// Notifications removed by retention (count and age).
+    /// Notifications removed by retention (count, size and age).
     pub store_trimmed: Counter,
+    /// Channels the store holds (memory and disk stores).
+    pub store_channels: Gauge,
+    /// Channels dropped whole, by reason (`idle`, `max_channels`).
+    pub store_channels_dropped: Family<Labels, Counter>,
     /// The RabbitMQ source's counters (`herald_amqp_*`).
     pub amqp: AmqpMetrics,
     /// The HTTP edge's counters (`herald_http_*`).
@@ -163,6 +167,8 @@ impl Metrics {
         let store_commit_size = Histogram::new(exponential_buckets(1.0, 4.0, 8));
         let store_errors = Family::<Labels, Counter>::default();
         let store_trimmed = Counter::default();
+        let store_channels = Gauge::default();
+        let store_channels_dropped = Family::<Labels, Counter>::default();
         let dead_lettered = Family::<Labels, Counter>::default();
         let source_errors = Family::<Labels, Counter>::default();
         let kafka_consumer_lag = Family::<Labels, Gauge>::default();
@@ -288,6 +294,16 @@ impl Metrics {
             "Notifications removed by retention",
             store_trimmed.clone(),
         );
+        registry.register(
+            "store_channels",
+            "Channels the store holds (memory and disk stores)",
+            store_channels.clone(),
+        );
+        registry.register(
+            "store_channels_dropped",
+            "Channels dropped whole by the store, by reason (idle, max_channels)",
+            store_channels_dropped.clone(),
+        );
         let amqp = AmqpMetrics::register(&mut registry);
         let edge = crate::edge::EdgeMetrics::register(&mut registry);
         Self {
@@ -315,6 +331,8 @@ impl Metrics {
             store_commit_size,
             store_errors,
             store_trimmed,
+            store_channels,
+            store_channels_dropped,
             amqp,
             edge,
             dead_lettered,

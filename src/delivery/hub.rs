@@ -7,6 +7,8 @@
 //!   others;
 //! - the store calls `publish` (the hub is its [`Publish`]) per channel in
 //!   offset order; the hub keeps that order into every queue;
+//! - a channel is held only while it has subscribers: the last unsubscribe
+//!   removes it, so the hub's state is bounded by the live subscriptions;
 //! - a notification is encoded once, and only when its channel has
 //!   subscribers: one `Arc<NotificationFrame>` per notification, cloned (a
 //!   reference count) per subscriber.
@@ -108,8 +110,19 @@ impl Hub {
             subs.retain(|s| s.id != id);
             if subs.is_empty() {
                 shard.remove(channel);
+                // A shard that held a burst of channels gives its table
+                // back (amortized: only once it is three-quarters empty).
+                let (len, cap) = (shard.len(), shard.capacity());
+                if cap > 64 && len < cap / 4 {
+                    shard.shrink_to(len * 2);
+                }
             }
         }
+    }
+
+    /// Channels with at least one subscriber.
+    pub fn channels(&self) -> usize {
+        self.shards.iter().map(|s| crate::sync::read(s).len()).sum()
     }
 
     /// Number of sessions subscribed to `channel`.
@@ -142,6 +155,10 @@ impl Publish for Hub {
             }
         }
         self.metrics.fanout_queued.inc_by(queued);
+    }
+
+    fn has_subscribers(&self, channel: &str) -> bool {
+        self.subscribers(channel) > 0
     }
 }
 
@@ -189,5 +206,24 @@ mod tests {
         hub.publish(&entry("c", 1));
         assert!(rx.try_recv().is_err());
         assert_eq!(hub.subscribers("c"), 0);
+    }
+
+    #[test]
+    fn channels_without_subscribers_are_not_held() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let (a, _a_rx) = hub.subscriber(4);
+        let (b, _b_rx) = hub.subscriber(4);
+        for i in 0..1000 {
+            hub.subscribe(&format!("c{i}"), &a);
+        }
+        hub.subscribe("c0", &b);
+        assert_eq!(hub.channels(), 1000);
+        for i in 0..1000 {
+            hub.unsubscribe(&format!("c{i}"), a.id());
+        }
+        assert_eq!(hub.channels(), 1, "c0 still has b");
+        assert!(hub.has_subscribers("c0") && !hub.has_subscribers("c1"));
+        hub.unsubscribe("c0", b.id());
+        assert_eq!(hub.channels(), 0);
     }
 }

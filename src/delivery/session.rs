@@ -537,7 +537,19 @@ where
         let Some(pos) = self.channels.get(&d.channel) else {
             return Ok(()); // unsubscribed since it was queued
         };
-        if pos.epoch != d.epoch {
+        if pos.epoch != d.epoch && pos.offset == 0 && d.offset == 1 {
+            // Nothing was sent of the old epoch and this is the first of
+            // the new one: nothing is missing (the memory store gives a
+            // channel created after the subscription another epoch than
+            // the one an absent channel reads in, when a drop intervened).
+            self.channels.insert(
+                d.channel.clone(),
+                Position {
+                    epoch: d.epoch.clone(),
+                    offset: 0,
+                },
+            );
+        } else if pos.epoch != d.epoch {
             // The channel's history started afresh under us (a shared store
             // lost it): say so before the first notification of the new epoch.
             let position = format!("{}-{}", d.epoch, d.offset.saturating_sub(1));

@@ -49,8 +49,15 @@ pub struct StoreConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// Retained notifications per channel; older ones are trimmed.
     pub max_per_channel: usize,
+    /// Retained bytes per channel (the notifications' JSON); older ones are
+    /// trimmed, the newest is always kept. 0: no limit by size.
+    pub max_bytes_per_channel: usize,
     /// Retained age in seconds; 0 keeps notifications regardless of age.
+    /// A channel with nothing newer and no subscribers is dropped whole.
     pub max_age_secs: u64,
+    /// Channels held at most; creating one more first drops the channel
+    /// without subscribers idle the longest. 0: no limit.
+    pub max_channels: usize,
     /// Dedupe keys remembered per channel. A redelivered event whose key is
     /// still remembered appends nothing.
     pub dedupe_window: usize,
@@ -65,7 +72,9 @@ impl Default for StoreConfig {
             key_prefix: None,
             tls_ca_file: None,
             max_per_channel: 10_000,
+            max_bytes_per_channel: 16 * 1024 * 1024,
             max_age_secs: 7 * 24 * 3600,
+            max_channels: 100_000,
             dedupe_window: 10_000,
         }
     }

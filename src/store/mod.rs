@@ -4,8 +4,12 @@
 //! - per channel, offsets start at 1 and strictly increase with no holes;
 //!   retention trims only from the oldest end;
 //! - a channel's `epoch` changes whenever its history starts afresh (the
-//!   memory store: every start); a client's `last_id` from another epoch is
-//!   never treated as a position in this one;
+//!   memory store: every start, and a channel dropped then created again);
+//!   a client's `last_id` from another epoch is never treated as a
+//!   position in this one;
+//! - state is bounded: retention by count, size and age per channel, and a
+//!   channel nobody subscribes to and nothing was appended to within
+//!   `max_age_secs` is dropped whole; reading a channel creates nothing;
 //! - `append` is idempotent by dedupe key within the store's dedupe window:
 //!   a key already in the window returns the existing offset and appends
 //!   nothing;
@@ -72,6 +76,10 @@ pub struct Entry {
 /// lock: it must not block or wait.
 pub trait Publish: Send + Sync + fmt::Debug + 'static {
     fn publish(&self, entry: &Arc<Entry>);
+
+    /// Whether a session subscribes to `channel` now: a store never drops
+    /// the state of such a channel. Same rule as `publish`: no waiting.
+    fn has_subscribers(&self, channel: &str) -> bool;
 }
 
 /// The result of appending one notification.
@@ -93,6 +101,18 @@ pub struct Page {
     pub last: u64,
     /// Notifications after the requested offset, in order, at most `limit`.
     pub entries: Vec<Arc<Entry>>,
+}
+
+impl Page {
+    /// A channel with nothing appended in `epoch`.
+    pub fn empty(epoch: Arc<str>) -> Self {
+        Self {
+            epoch,
+            first: 1,
+            last: 0,
+            entries: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -167,23 +187,41 @@ impl Default for Hints {
     }
 }
 
-/// A [`Publish`] that keeps what it is given, for tests of the stores.
+/// A [`Publish`] that keeps what it is given, for tests of the stores; it
+/// reports the channels named by [`Recorder::watch`] as subscribed.
 #[cfg(test)]
 #[derive(Debug, Default)]
-pub(crate) struct Recorder(std::sync::Mutex<Vec<Arc<Entry>>>);
+pub(crate) struct Recorder {
+    published: std::sync::Mutex<Vec<Arc<Entry>>>,
+    watched: std::sync::Mutex<std::collections::HashSet<String>>,
+}
 
 #[cfg(test)]
 impl Recorder {
     /// The entries published since the last call, in order.
     pub(crate) fn take(&self) -> Vec<Arc<Entry>> {
-        std::mem::take(&mut *crate::sync::lock(&self.0))
+        std::mem::take(&mut *crate::sync::lock(&self.published))
+    }
+
+    /// Report `channel` as subscribed (`true`) or not.
+    pub(crate) fn watch(&self, channel: &str, on: bool) {
+        let mut watched = crate::sync::lock(&self.watched);
+        if on {
+            watched.insert(channel.to_string());
+        } else {
+            watched.remove(channel);
+        }
     }
 }
 
 #[cfg(test)]
 impl Publish for Recorder {
     fn publish(&self, entry: &Arc<Entry>) {
-        crate::sync::lock(&self.0).push(entry.clone());
+        crate::sync::lock(&self.published).push(entry.clone());
+    }
+
+    fn has_subscribers(&self, channel: &str) -> bool {
+        crate::sync::lock(&self.watched).contains(channel)
     }
 }
 
@@ -194,7 +232,7 @@ pub async fn open(
     metrics: Arc<Metrics>,
 ) -> Result<Arc<dyn Store>, OpenError> {
     Ok(match config.kind {
-        StoreKind::Memory => Arc::new(MemoryStore::new(config, hub)),
+        StoreKind::Memory => Arc::new(MemoryStore::new(config, hub, metrics)),
         StoreKind::Disk => {
             let config = config.clone();
             // Opening may repair the file after a crash: off the runtime.

@@ -11,7 +11,11 @@ async fn store(keep: usize, n: usize) -> (MemoryStore, String) {
         max_per_channel: keep,
         ..StoreConfig::default()
     };
-    let store = MemoryStore::new(&config, Arc::new(Hub::new(Arc::new(Metrics::new()))));
+    let store = MemoryStore::new(
+        &config,
+        Arc::new(Hub::new(Arc::new(Metrics::new()))),
+        Arc::new(Metrics::new()),
+    );
     let batch = (0..n)
         .map(|i| NewNotification {
             channel: "c".into(),

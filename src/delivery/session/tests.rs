@@ -27,7 +27,11 @@ struct Fixture {
 fn fixture(config: DeliveryConfig) -> Fixture {
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
-    let store = Arc::new(MemoryStore::new(&StoreConfig::default(), hub.clone()));
+    let store = Arc::new(MemoryStore::new(
+        &StoreConfig::default(),
+        hub.clone(),
+        metrics.clone(),
+    ));
     let shared = Arc::new(SessionContext {
         hub,
         store: store.clone(),

@@ -23,7 +23,11 @@ fn yaml(title: &str) -> StoredText {
 fn pipeline(rules: Rules) -> Arc<Pipeline> {
     let metrics = Arc::new(Metrics::new());
     let hub = Arc::new(Hub::new(metrics.clone()));
-    let store = Arc::new(MemoryStore::new(&StoreConfig::default(), hub));
+    let store = Arc::new(MemoryStore::new(
+        &StoreConfig::default(),
+        hub,
+        metrics.clone(),
+    ));
     Arc::new(Pipeline::new(rules, store, metrics, 1 << 20))
 }
 
