@@ -1,8 +1,10 @@
 //! Tokens for an authenticated herald: a key per algorithm generated here
 //! (once per process), the `HERALD_AUTH__*` settings that make herald check
-//! it, and one token every client presents (herald verifies it at every
-//! handshake; it caches nothing, so one token costs the server what many
-//! would).
+//! it, and a token per client (`sub` = `bench-<i>`), as each user of a real
+//! app has its own. herald remembers a token it verified until it expires,
+//! so only distinct tokens make it check a signature at every new
+//! connection (connect-rate); a client reconnecting with its own token
+//! (reconnect-storm) is served from that memory, as in production.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -37,11 +39,48 @@ impl Alg {
     }
 }
 
-/// herald's settings and the clients' token for one algorithm.
-#[derive(Debug)]
+/// herald's settings and the clients' tokens for one algorithm.
 pub(crate) struct BenchAuth {
     pub env: Vec<(&'static str, String)>,
-    pub token: Arc<str>,
+    key: Key,
+    /// Tokens minted so far, by client index (minted once per process:
+    /// an RSA signature takes about a millisecond).
+    minted: Mutex<Vec<Arc<str>>>,
+}
+
+enum Key {
+    Hmac(jsonwebtoken::EncodingKey),
+    Pair(SigningKey),
+}
+
+impl std::fmt::Debug for BenchAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BenchAuth")
+            .field("env", &self.env)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BenchAuth {
+    /// Client `i`'s token: `sub` `bench-<i>`, every channel, valid a week.
+    pub(crate) fn token(&self, i: usize) -> Result<Arc<str>> {
+        let mut minted = self.minted.lock().map_err(|_| anyhow!("poisoned"))?;
+        while minted.len() <= i {
+            let claims = json!({
+                "sub": format!("bench-{}", minted.len()),
+                "exp": jsonwebtoken::get_current_timestamp() + 7 * 24 * 3600,
+                "channels": ["*"],
+            });
+            let token = match &self.key {
+                Key::Hmac(key) => {
+                    jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, key)?
+                }
+                Key::Pair(key) => key.sign(&claims, None, None).map_err(|e| anyhow!(e))?,
+            };
+            minted.push(token.into());
+        }
+        Ok(minted[i].clone())
+    }
 }
 
 const SECRET: &str = "herald-bench-hmac-secret-0123456789abcdef";
@@ -56,20 +95,14 @@ pub(crate) fn auth(alg: Alg) -> Result<Option<Arc<BenchAuth>>> {
     if let Some(a) = made.lock().map_err(|_| anyhow!("poisoned"))?.get(&alg) {
         return Ok(Some(a.clone()));
     }
-    let claims = json!({
-        "sub": "bench",
-        "exp": jsonwebtoken::get_current_timestamp() + 7 * 24 * 3600,
-        "channels": ["*"],
-    });
     let mut env = vec![
         ("HERALD_AUTH__MODE", "jwt".to_string()),
         ("HERALD_AUTH__CHANNELS_CLAIM", "channels".to_string()),
     ];
-    let token = match alg {
+    let key = match alg {
         Alg::Hs256 => {
             env.push(("HERALD_AUTH__HMAC_SECRET", SECRET.to_string()));
-            let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())?;
-            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &key)?
+            Key::Hmac(jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes())?)
         }
         _ => {
             let kind = match alg {
@@ -90,12 +123,13 @@ pub(crate) fn auth(alg: Alg) -> Result<Option<Arc<BenchAuth>>> {
                 "HERALD_AUTH__PUBLIC_KEY_FILES",
                 format!("[\"{}\"]", path.display()),
             ));
-            key.sign(&claims, None, None).map_err(|e| anyhow!(e))?
+            Key::Pair(key)
         }
     };
     let made_now = Arc::new(BenchAuth {
         env,
-        token: token.into(),
+        key,
+        minted: Mutex::new(Vec::new()),
     });
     made.lock()
         .map_err(|_| anyhow!("poisoned"))?

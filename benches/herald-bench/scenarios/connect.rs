@@ -52,8 +52,11 @@ async fn measure(opts: &Opts, kind: Kind, alg: Alg, n: usize) -> Result<Figures>
     let channel = unique("connect");
     let end = deadline(opts);
     let mut list = clients(n, server.addr, opts, 1024, |_| channel.clone());
-    for c in &mut list {
-        c.dial.token = bench_auth.as_ref().map(|a| a.token.clone());
+    // A token per client: herald checks a signature at every handshake
+    // (it remembers tokens it verified, so one shared token would measure
+    // that memory, not the check).
+    for (i, c) in list.iter_mut().enumerate() {
+        c.dial.token = bench_auth.as_ref().map(|a| a.token(i)).transpose()?;
     }
     let meter = Meter::start(&server);
     let started = Instant::now();
@@ -79,7 +82,7 @@ async fn measure(opts: &Opts, kind: Kind, alg: Alg, n: usize) -> Result<Figures>
     if let Some(a) = &bench_auth {
         // A token signed by no configured key: refused, never subscribed.
         let mut forged = clients(1, server.addr, opts, 1024, |_| channel.clone());
-        let mut token = a.token.to_string();
+        let mut token = a.token(0)?.to_string();
         token.push_str("AA");
         forged[0].dial.token = Some(token.into());
         forged[0].connect().await?;

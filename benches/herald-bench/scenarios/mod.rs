@@ -263,12 +263,9 @@ fn clients(
     channel: impl Fn(usize) -> String,
 ) -> Vec<Client> {
     let sample = (n / 1000).max(1);
-    // `--token`: every client presents it (herald was started with
-    // authentication on for it, in `Server::start_with`).
-    let token = crate::tokens::auth(opts.token)
-        .ok()
-        .flatten()
-        .map(|a| a.token.clone());
+    // `--token`: each client presents its own token (herald was started
+    // with authentication on for it, in `Server::start_with`).
+    let auth = crate::tokens::auth(opts.token).ok().flatten();
     (0..n)
         .map(|i| {
             let dial = Dial {
@@ -276,7 +273,7 @@ fn clients(
                 bind: source_ip(i, opts.source_ips),
                 read_buffer,
                 rcvbuf: None,
-                token: token.clone(),
+                token: auth.as_ref().and_then(|a| a.token(i).ok()),
             };
             let mut c = Client::new(i, dial, channel(i));
             c.record_latency = i % sample == 0;
