@@ -645,3 +645,59 @@ async fn a_hole_the_log_cannot_fill_closes_the_session_with_1011() {
     assert!(h.metric(r#"herald_store_errors_total{op="read"}"#).await >= 1.0);
     h.stop().await;
 }
+
+/// The attack of docs/security.md: subscribing to (and reading the history
+/// of) channels nobody writes to, to fill Redis. Catches a read script that
+/// creates a channel's keys: the scan would list a `ch:` key per channel.
+/// A position read from such a channel still resumes once the channel is
+/// created (its epoch is the fresh one the read answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_and_subscribing_to_missing_channels_writes_no_keys() {
+    let prefix = Prefix::shared();
+    let h = node(SHARED_URL, &prefix, |_| {}).await;
+    let before = redis_server::keys(SHARED_URL, &prefix).await;
+    assert!(!before.iter().any(|k| k.contains(":ch:")), "{before:?}");
+    let mut positions = Vec::new();
+    for i in 0..50 {
+        let channel = format!("{}-{i}", unique("nobody"));
+        let (client, subscribed) = h.subscribe(&format!("channel={channel}")).await;
+        drop(client);
+        let (status, body) = h.get(&format!("/channels/{channel}/notifications")).await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = h
+            .get(&format!(
+                "/channels/{channel}/notifications?before={}",
+                subscribed["position"].as_str().unwrap()
+            ))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        positions.push((
+            channel,
+            subscribed["position"].as_str().unwrap().to_string(),
+        ));
+    }
+    let after = redis_server::keys(SHARED_URL, &prefix).await;
+    assert_eq!(after, before, "reads wrote keys");
+
+    // A channel takes the epoch its reads answered, whichever is created
+    // first: a client that saw `<epoch>-0` resumes with everything.
+    let (channel, position) = &positions[7];
+    h.publish("t", &event(&positions[3].0, 0)).await;
+    h.publish("t", &event(channel, 0)).await;
+    h.publish("t", &event(channel, 1)).await;
+    let mut resumed = h
+        .connect(&format!("channel={channel}&last_id={position}"))
+        .await;
+    assert_eq!(offsets(&resumed.notifications(2).await), [1, 2]);
+    let subscribed = resumed.next_of_type("subscribed").await;
+    assert_eq!(subscribed["recovered"], true, "{subscribed}");
+    assert_eq!(subscribed["replayed"], 2, "{subscribed}");
+    let keys = redis_server::keys(SHARED_URL, &prefix).await;
+    let channel_keys: Vec<_> = keys.iter().filter(|k| k.contains(":ch:")).collect();
+    assert_eq!(
+        channel_keys.len(),
+        6,
+        "meta, log, dedupe of two channels: {keys:?}"
+    );
+    h.stop().await;
+}

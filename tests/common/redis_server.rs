@@ -69,25 +69,41 @@ pub async fn cleanup(url: &str, prefix: &str) {
     let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
         return;
     };
+    let Ok(keys) = scan(&mut conn, prefix).await else {
+        return;
+    };
+    for chunk in keys.chunks(1000) {
+        let _: redis::RedisResult<()> = redis::cmd("DEL").arg(chunk).query_async(&mut conn).await;
+    }
+}
+
+/// Every key under `prefix` (`SCAN`, so Redis is not blocked), sorted.
+pub async fn keys(url: &str, prefix: &str) -> Vec<String> {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys = scan(&mut conn, prefix).await.unwrap();
+    keys.sort();
+    keys
+}
+
+async fn scan(
+    conn: &mut redis::aio::MultiplexedConnection,
+    prefix: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let mut all = Vec::new();
     let mut cursor = 0u64;
     loop {
-        let Ok((next, keys)): redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
             .arg(format!("{prefix}*"))
             .arg("COUNT")
             .arg(1000)
-            .query_async(&mut conn)
-            .await
-        else {
-            return;
-        };
-        if !keys.is_empty() {
-            let _: redis::RedisResult<()> =
-                redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-        }
+            .query_async(conn)
+            .await?;
+        all.extend(keys);
         if next == 0 {
-            return;
+            return Ok(all);
         }
         cursor = next;
     }

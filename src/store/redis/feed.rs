@@ -103,6 +103,14 @@ pub(super) async fn follow(
     {
         settings.persistence_checked.store(true, Ordering::Release);
     }
+    // The fresh epoch exists before any read (reads write nothing), so a
+    // position read from a missing channel can resume into its creation.
+    redis::cmd("SET")
+        .arg(settings.keys.fresh())
+        .arg(crate::store::new_epoch())
+        .arg("NX")
+        .query_async::<()>(conn)
+        .await?;
     settings.feeding.store(true, Ordering::Release);
     settings.set_problem(None);
     let mut channel_names: std::collections::HashMap<String, Arc<str>> =

@@ -6,10 +6,18 @@
 //!   feed entry are one Lua script per group of appends, so they are atomic
 //!   on the server whatever the number of nodes;
 //! - a channel's epoch lives in its `meta` hash, created (`epoch`, `last`
-//!   = 0) by the first append or read that finds it missing. If Redis loses
-//!   the hash (a restart without persistence, a flush), the next append or
-//!   read creates a new epoch and drops what is left of the old history, so
-//!   clients are told `recovered: false`, never resumed into a gap;
+//!   = 0) by the first append that finds it missing. Reads write nothing:
+//!   a channel without its hash reads empty, in the epoch its creation
+//!   will take, derived from the deployment's base (`P epoch`, random,
+//!   set when the feed connects) and the channel's name, so a position
+//!   read there (`<epoch>-0`) resumes into what is appended later. If
+//!   Redis loses its data (a restart without persistence, a flush), the
+//!   base goes with it and every channel comes back in a new epoch; if it
+//!   loses only a channel's hash, what is left of its log or dedupe set
+//!   makes the next append pick a random epoch and drop them. Either way
+//!   clients are told `recovered: false`, never resumed into a gap. (A
+//!   channel whose keys are all evicted comes back in its old epoch: run
+//!   Redis with `maxmemory-policy noeviction`.);
 //! - group commit: `append` only queues (see [`super::group`]); one writer
 //!   task sends everything queued as one script call (one round trip and,
 //!   with `appendfsync always`, one fsync) and answers after Redis replied;
@@ -31,7 +39,8 @@
 //!   queued behind it and breaks its streams' fences ([`super::Fence`]),
 //!   so none commits ahead of an earlier failed one.
 //!
-//! Keys (`P` is `key_prefix`): `P ch:{channel}:m` (hash: `epoch`, `last`),
+//! Keys (`P` is `key_prefix`): `P epoch` (the base of new channels'
+//! epochs), `P ch:{channel}:m` (hash: `epoch`, `last`),
 //! `P ch:{channel}:l` (stream of entries with id `{offset}-0`, fields `t`
 //! time in ms and `f` the notification fields), `P ch:{channel}:d` (sorted
 //! set: dedupe key scored by offset, the newest `dedupe_window` kept),
@@ -112,6 +121,9 @@ impl Keys {
     }
     fn heads(&self) -> String {
         format!("{}heads", self.prefix)
+    }
+    fn fresh(&self) -> String {
+        format!("{}epoch", self.prefix)
     }
 }
 
@@ -283,10 +295,11 @@ impl Store for RedisStore {
         invocation
             .key(keys.meta(channel))
             .key(keys.log(channel))
-            .key(keys.dedupe(channel))
-            .arg(new_epoch())
+            .key(keys.fresh())
             .arg(after.min(MAX_OFFSET))
-            .arg(limit);
+            .arg(limit)
+            .arg(new_epoch())
+            .arg(channel);
         let mut conn = self.conn.clone();
         let channel = channel.to_string();
         async move {

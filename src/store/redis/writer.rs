@@ -62,6 +62,7 @@ pub(super) async fn commit(
     invocation
         .key(keys.notify())
         .key(keys.heads())
+        .key(keys.fresh())
         .arg(appends.first().map_or(0, |r| r.at_ms))
         .arg(settings.max_per_channel)
         .arg(settings.dedupe_window)
