@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::admin::AdminToken;
-use crate::auth::api_keys::ApiKeys;
 use crate::auth::{Auth, AuthError, AuthMode};
 use crate::config::Config;
 use crate::delivery::hub::Hub;
@@ -31,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::rules::RulesError;
 use crate::rules::versions::Versions;
-use crate::source::{Readiness, SourceConfig, SourceContext, SourceError};
+use crate::source::{Build, Readiness, SourceConfig, SourceContext, SourceError};
 use crate::store::{OpenError, Store};
 use crate::tls::Certificates;
 
@@ -69,7 +68,7 @@ impl StartError {
         match self {
             StartError::Rules(_)
             | StartError::Auth(_)
-            | StartError::Source(SourceError::Config { .. })
+            | StartError::Source(SourceError::Config { .. } | SourceError::Auth(_))
             | StartError::Store(OpenError::Config(_))
             | StartError::Tls { .. } => 2,
             _ => 1,
@@ -153,9 +152,16 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
 
     let readiness = Readiness::default();
     let mut sources = Vec::new();
-    for (i, source_config) in config.sources.iter().enumerate() {
-        let name = source_name(&config.sources, i);
-        let source = source_config.build(&name, store.hints())?;
+    let mut source_routes = Vec::new();
+    for (index, source_config) in config.sources.iter().enumerate() {
+        let name = source_name(&config.sources, index);
+        let source = source_config.build(&Build {
+            index,
+            name: &name,
+            hints: store.hints(),
+            pipeline: &pipeline,
+        })?;
+        source_routes.extend(source.routes());
         sources.push((name, source));
     }
 
@@ -164,20 +170,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     auth.warn_ungranted(&config.delivery.default_channels);
     let admin_token = Arc::new(AdminToken::load(&config.admin)?);
     warn_if_exposed(&config, admin_token.is_set());
-    let mut api_keys = Vec::new();
-    for (i, source) in config.sources.iter().enumerate() {
-        if let Some(http) = source.http() {
-            let keys = http.load_api_keys().map_err(|(key, problem)| AuthError {
-                key: format!("sources[{i}].{key}"),
-                problem,
-            })?;
-            let keys = keys.map(Arc::new);
-            if let Some(keys) = &keys {
-                keys.spawn_reload(metrics.clone(), stop.clone());
-            }
-            api_keys.push(keys);
-        }
-    }
 
     let tls = load_tls(config.server.tls.as_ref(), "server.tls")?;
     let admin_tls = load_tls(config.admin.tls.as_ref(), "admin.tls")?;
@@ -255,7 +247,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         Some(_) => (None, Some(admin.merge(crate::admin::health_routes()))),
         None => (Some(admin), None),
     };
-    let router = router(&config, &gateway, &pipeline, public_admin, &api_keys);
+    let router = router(&gateway, public_admin, source_routes);
     let router = edge_checks(router, addr, &config, &metrics);
     let admin_router = admin_router.map(|r| match admin_listener.as_ref() {
         Some((_, bound)) => edge_checks(r, *bound, &config, &metrics),
@@ -371,14 +363,8 @@ fn source_name(sources: &[SourceConfig], index: usize) -> String {
 }
 
 /// The public listener's routes; `admin` when the admin surface is not on
-/// a listener of its own. `api_keys` has one entry per HTTP source.
-fn router(
-    config: &Config,
-    gateway: &Arc<Gateway>,
-    pipeline: &Arc<Pipeline>,
-    admin: Option<Router>,
-    api_keys: &[Option<Arc<ApiKeys>>],
-) -> Router {
+/// a listener of its own; the sources' routes (`POST /events/{topic}`).
+fn router(gateway: &Arc<Gateway>, admin: Option<Router>, sources: Vec<Router>) -> Router {
     let mut router = Router::new()
         .route("/", get(|| async { Html(crate::delivery::DEMO_PAGE) }))
         .route("/client.js", get(crate::delivery::client_js))
@@ -394,13 +380,8 @@ fn router(
     if let Some(admin) = admin {
         router = router.merge(admin);
     }
-    let http_sources = config.sources.iter().filter_map(SourceConfig::http);
-    for (http, keys) in http_sources.zip(api_keys) {
-        router = router.merge(crate::source::http::routes(
-            http,
-            pipeline.clone(),
-            keys.clone(),
-        ));
+    for routes in sources {
+        router = router.merge(routes);
     }
     router
 }

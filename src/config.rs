@@ -623,8 +623,15 @@ mod tests {
                 ),
                 (
                     "[[sources]]\nkind = \"kafak\"\n",
-                    "herald.toml:2: `sources[0].kind`: unknown value \"kafak\"; \
-                     did you mean \"kafka\"? (one of \"http\", \"amqp\", \"kafka\", \"nats\")",
+                    &format!(
+                        "herald.toml:2: `sources[0].kind`: unknown value \"kafak\"; \
+                         did you mean \"kafka\"? (one of {})",
+                        crate::event::SourceKind::ALL
+                            .iter()
+                            .map(|k| format!("{:?}", k.as_str()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 ),
                 (
                     "[[sources]]\nkind = \"http\"\n\nmax_body = 3\n",

@@ -11,26 +11,52 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// The kind of source an event came from; `match.source` in rules.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SourceKind {
-    Http,
-    Kafka,
-    Amqp,
-    Nats,
-}
-
-impl SourceKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SourceKind::Http => "http",
-            SourceKind::Kafka => "kafka",
-            SourceKind::Amqp => "amqp",
-            SourceKind::Nats => "nats",
+/// The one list of source kinds, in the order they are documented: for
+/// each, its doc line, its variant, its name (`kind = "..."` in
+/// `[[sources]]`, `match.source` in rules) and the settings of its
+/// `[[sources]]` entry (a type in [`crate::source`], which implements
+/// `source::Settings`). [`SourceKind`] is made from it here and
+/// `source::SourceConfig` in `source/mod.rs`: adding a source kind is its
+/// module under `src/source/` plus one line here.
+///
+/// `source_kinds!(then)` expands to `then! { ... }` with the list.
+macro_rules! source_kinds {
+    ($then:ident) => {
+        $then! {
+            /// `POST /events/{topic}` on the main HTTP server.
+            Http "http" http::HttpSourceConfig,
+            /// A RabbitMQ queue (AMQP 0-9-1).
+            Amqp "amqp" amqp::AmqpSourceConfig,
+            /// A Kafka consumer-group member.
+            Kafka "kafka" kafka::KafkaSourceConfig,
+            /// A durable pull consumer on a NATS JetStream stream.
+            Nats "nats" nats::NatsSourceConfig,
         }
-    }
+    };
 }
+pub(crate) use source_kinds;
+
+macro_rules! source_kind_enum {
+    ($($(#[$doc:meta])* $variant:ident $name:literal $settings:ty,)*) => {
+        /// The kind of source an event came from; `match.source` in rules.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum SourceKind {
+            $($(#[$doc])* #[serde(rename = $name)] $variant,)*
+        }
+
+        impl SourceKind {
+            /// Every kind, in the list's order.
+            pub const ALL: &'static [SourceKind] = &[$(SourceKind::$variant),*];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(SourceKind::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+source_kinds!(source_kind_enum);
 
 impl fmt::Display for SourceKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -41,15 +67,17 @@ impl fmt::Display for SourceKind {
 impl std::str::FromStr for SourceKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "http" => Ok(SourceKind::Http),
-            "kafka" => Ok(SourceKind::Kafka),
-            "amqp" => Ok(SourceKind::Amqp),
-            "nats" => Ok(SourceKind::Nats),
-            other => Err(format!(
-                "unknown source kind {other:?} (expected http, kafka, amqp or nats)"
-            )),
-        }
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|kind| kind.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|k| k.as_str()).collect();
+                format!(
+                    "unknown source kind {s:?} (expected one of {})",
+                    names.join(", ")
+                )
+            })
     }
 }
 

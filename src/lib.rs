@@ -9,7 +9,8 @@
 //! # Layout
 //! The pipeline, in the order an event travels:
 //! - [`source`]: where events come from, the [`source::Source`] trait and
-//!   its kinds (`http`, `amqp`, `kafka`; a file or a folder each);
+//!   its kinds (`http`, `amqp`, `kafka`, `nats`; a module each, named once
+//!   in the list of kinds in `event.rs`);
 //! - [`event`]: the event and its source position ([`event::Meta`]);
 //! - [`pipeline`]: Event → rules → log entries, shared by every source;
 //! - [`rules`]: compile a rules file once, evaluate events purely;

@@ -4,20 +4,33 @@
 //! One typed failure gives one log line (at its site) and one increment
 //! here. Hot-path counters that would bounce a cache line per delivery are
 //! added in batches by their owner (a session adds per flush).
+//!
+//! A source kind's own counters (`herald_<kind>_*`) are not listed here:
+//! the source asks [`Metrics::family`] for them, which registers each on
+//! first use, so adding a source kind does not touch this file.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
-type Labels = Vec<(&'static str, String)>;
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// Label pairs of a metric family's member.
+pub type Labels = Vec<(&'static str, String)>;
 
 /// herald's counters, gauges and histograms.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    /// Behind a lock only for [`Metrics::family`]; the hot paths hold
+    /// their metrics directly.
+    registry: Mutex<Registry>,
+    /// The families registered by [`Metrics::family`], by full name.
+    families: Mutex<HashMap<String, Box<dyn Any + Send + Sync>>>,
     /// Events handed to the pipeline, by source.
     pub events: Family<Labels, Counter>,
     /// Events not turned into notifications, by source and reason.
@@ -62,8 +75,6 @@ pub struct Metrics {
     /// Failures inside a source (consume, commit, dead letter, store), by
     /// source and error.
     pub source_errors: Family<Labels, Counter>,
-    /// Messages behind the partition's end, by group, topic and partition.
-    pub kafka_consumer_lag: Family<Labels, Gauge>,
     /// Durable commits of the disk and Redis stores (one fsync or one Redis
     /// round trip each).
     pub store_commits: Counter,
@@ -78,61 +89,8 @@ pub struct Metrics {
     pub store_channels: Gauge,
     /// Channels dropped whole, by reason (`idle`, `max_channels`).
     pub store_channels_dropped: Family<Labels, Counter>,
-    /// The RabbitMQ source's counters (`herald_amqp_*`).
-    pub amqp: AmqpMetrics,
     /// The HTTP edge's counters (`herald_http_*`).
     pub edge: crate::edge::EdgeMetrics,
-}
-
-/// The RabbitMQ source's counters, each labelled by source name.
-#[derive(Debug, Default)]
-pub struct AmqpMetrics {
-    /// 1 while the source is connected and consuming.
-    pub connected: Family<Labels, Gauge>,
-    /// Failed connection attempts and lost connections or channels.
-    pub connection_failures: Family<Labels, Counter>,
-    /// Deliveries acknowledged (or rejected to the dead-letter exchange).
-    pub settled: Family<Labels, Counter>,
-    /// `basic.ack` frames sent; each may cover many deliveries.
-    pub ack_frames: Family<Labels, Counter>,
-    /// Poison messages, by outcome: `dead_lettered` (copy confirmed by the
-    /// dead-letter exchange), `unroutable` (the exchange routed the copy
-    /// nowhere), `rejected` (fallback `basic.reject`), `dropped` (no
-    /// dead-letter exchange: acknowledged).
-    pub poison: Family<Labels, Counter>,
-}
-
-impl AmqpMetrics {
-    fn register(registry: &mut Registry) -> Self {
-        let m = Self::default();
-        let r = registry.sub_registry_with_prefix("amqp");
-        r.register(
-            "connected",
-            "1 while the source is connected and consuming, by source",
-            m.connected.clone(),
-        );
-        r.register(
-            "connection_failures",
-            "Failed connection attempts and lost connections or channels, by source",
-            m.connection_failures.clone(),
-        );
-        r.register(
-            "settled",
-            "Deliveries acknowledged or rejected, by source",
-            m.settled.clone(),
-        );
-        r.register(
-            "ack_frames",
-            "basic.ack frames sent (each may cover many deliveries), by source",
-            m.ack_frames.clone(),
-        );
-        r.register(
-            "poison",
-            "Messages that could not be processed, by source and outcome",
-            m.poison.clone(),
-        );
-        m
-    }
 }
 
 impl Default for Metrics {
@@ -171,7 +129,6 @@ impl Metrics {
         let store_channels_dropped = Family::<Labels, Counter>::default();
         let dead_lettered = Family::<Labels, Counter>::default();
         let source_errors = Family::<Labels, Counter>::default();
-        let kafka_consumer_lag = Family::<Labels, Gauge>::default();
         registry.register("events", "Events received, by source", events.clone());
         registry.register(
             "events_rejected",
@@ -270,11 +227,6 @@ impl Metrics {
             source_errors.clone(),
         );
         registry.register(
-            "kafka_consumer_lag",
-            "Messages between the consumer's position and the partition's end, by group, topic and partition",
-            kafka_consumer_lag.clone(),
-        );
-        registry.register(
             "store_commits",
             "Durable commits of the disk or Redis store",
             store_commits.clone(),
@@ -304,10 +256,10 @@ impl Metrics {
             "Channels dropped whole by the store, by reason (idle, max_channels)",
             store_channels_dropped.clone(),
         );
-        let amqp = AmqpMetrics::register(&mut registry);
         let edge = crate::edge::EdgeMetrics::register(&mut registry);
         Self {
-            registry,
+            registry: Mutex::new(registry),
+            families: Mutex::new(HashMap::new()),
             events,
             events_rejected,
             rule_failures,
@@ -333,11 +285,9 @@ impl Metrics {
             store_trimmed,
             store_channels,
             store_channels_dropped,
-            amqp,
             edge,
             dead_lettered,
             source_errors,
-            kafka_consumer_lag,
         }
     }
 
@@ -345,7 +295,7 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
+        let _ = encode(&mut out, &crate::sync::lock(&self.registry));
         out
     }
 
@@ -458,23 +408,60 @@ impl Metrics {
             .inc();
     }
 
-    fn lag_labels(group: &str, topic: &str, partition: i32) -> Labels {
-        vec![
-            ("group", group.to_string()),
-            ("topic", topic.to_string()),
-            ("partition", partition.to_string()),
-        ]
+    /// The metric family `herald_<prefix>_<name>` of one part of herald (a
+    /// source kind: `amqp`, `kafka`), registered with `help` on first call
+    /// and the same family after, so every source of a kind shares it and
+    /// labels its members by source name.
+    ///
+    /// One name is one type: asking for a registered name as another type
+    /// is a bug; it logs an error and returns an unregistered family, so
+    /// the counts go nowhere rather than herald stopping.
+    pub fn family<M>(&self, prefix: &str, name: &str, help: &str) -> M
+    where
+        M: Metric + Clone + Default,
+    {
+        let full = format!("{prefix}_{name}");
+        let mut families = crate::sync::lock(&self.families);
+        if let Some(known) = families.get(&full) {
+            return match known.downcast_ref::<M>() {
+                Some(m) => m.clone(),
+                None => {
+                    tracing::error!(metric = %full, "metric family asked for as another type");
+                    M::default()
+                }
+            };
+        }
+        let metric = M::default();
+        crate::sync::lock(&self.registry).register(full.clone(), help, metric.clone());
+        families.insert(full, Box::new(metric.clone()));
+        metric
     }
+}
 
-    pub fn kafka_lag(&self, group: &str, topic: &str, partition: i32, lag: i64) {
-        self.kafka_consumer_lag
-            .get_or_create(&Self::lag_labels(group, topic, partition))
-            .set(lag);
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    /// Forget the lag of a partition no longer assigned.
-    pub fn kafka_lag_remove(&self, group: &str, topic: &str, partition: i32) {
-        self.kafka_consumer_lag
-            .remove(&Self::lag_labels(group, topic, partition));
+    #[test]
+    fn a_family_is_registered_once_and_shared() {
+        let metrics = Metrics::new();
+        let a: Family<Labels, Counter> = metrics.family("kind", "things", "Things, by source");
+        let b: Family<Labels, Counter> = metrics.family("kind", "things", "Things, by source");
+        a.get_or_create(&vec![("source", "one".into())]).inc();
+        b.get_or_create(&vec![("source", "one".into())]).inc();
+        let text = metrics.render();
+        assert_eq!(
+            text.matches("# HELP herald_kind_things Things").count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"herald_kind_things_total{source="one"} 2"#),
+            "{text}"
+        );
+        // Another type under a known name counts nowhere, and does not panic.
+        let other: Family<Labels, Gauge> = metrics.family("kind", "things", "x");
+        other.get_or_create(&vec![("source", "one".into())]).set(7);
+        assert!(!metrics.render().contains("} 7"));
     }
 }

@@ -506,8 +506,7 @@ async fn kafka_ssl_and_sasl_ssl_sources_start() {
         for (k, v) in properties {
             source.properties.insert((*k).to_string(), (*v).to_string());
         }
-        let config = herald::source::SourceConfig::Kafka(source);
-        let built = config.build("kafka", herald::store::Hints::default());
+        let built = source.source("kafka", herald::store::Hints::default());
         assert!(built.is_ok(), "{properties:?}: {:?}", built.err());
     }
 }

@@ -399,3 +399,36 @@ async fn history_answers_and_refusals_match_their_schemas() {
     }
     h.stop().await;
 }
+
+/// Both schemas name every source kind herald knows, and no other: a kind
+/// added to the list in `event.rs` without its schema entries fails here.
+#[test]
+fn the_schemas_list_every_source_kind() {
+    let mut kinds: Vec<&str> = herald::event::SourceKind::ALL
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    kinds.sort_unstable();
+    let names = |v: &Value| {
+        let mut names: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n.as_str().unwrap().to_string())
+            .collect();
+        names.sort_unstable();
+        names
+    };
+    let config = load("schemas/config.schema.json");
+    assert_eq!(
+        names(&config["$defs"]["source"]["properties"]["kind"]["enum"]),
+        kinds
+    );
+    assert_eq!(
+        config["$defs"]["source"]["oneOf"].as_array().unwrap().len(),
+        kinds.len()
+    );
+    let rules = load("schemas/rules.schema.json");
+    let rule = &rules["$defs"]["rule"]["properties"];
+    assert_eq!(names(&rule["match"]["properties"]["source"]["enum"]), kinds);
+}

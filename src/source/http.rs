@@ -32,7 +32,8 @@ use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Source, SourceContext, SourceError};
+use super::{Build, Settings, Source, SourceContext, SourceError};
+use crate::auth::AuthError;
 use crate::auth::api_keys::{ApiKeyEntry, ApiKeys};
 use crate::edge::limits::Connection;
 use crate::event::{Event, Meta, SourceKind};
@@ -70,8 +71,8 @@ impl Default for HttpSourceConfig {
     }
 }
 
-impl HttpSourceConfig {
-    pub fn validate(&self) -> Result<(), (String, String)> {
+impl Settings for HttpSourceConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
         if self.max_body_bytes == 0 {
             return Err(("max_body_bytes".into(), "must be greater than 0".into()));
         }
@@ -87,6 +88,22 @@ impl HttpSourceConfig {
         Ok(())
     }
 
+    /// Loads the producers' keys: a key file that cannot be read, or a
+    /// bad line in it, stops start-up naming the key.
+    fn build(&self, build: &Build<'_>) -> Result<Box<dyn Source>, SourceError> {
+        let keys = self.load_api_keys().map_err(|(key, problem)| AuthError {
+            key: format!("sources[{}].{key}", build.index),
+            problem,
+        })?;
+        let keys = keys.map(Arc::new);
+        Ok(Box::new(HttpSource {
+            routes: routes(self, build.pipeline.clone(), keys.clone()),
+            keys,
+        }))
+    }
+}
+
+impl HttpSourceConfig {
     /// Whether producers need a key.
     pub fn has_api_keys(&self) -> bool {
         !self.api_keys.is_empty() || self.api_keys_file.is_some()
@@ -108,7 +125,7 @@ impl HttpSourceConfig {
 
 /// The HTTP source's routes, mounted on the main server. With `keys`, a
 /// request needs one of them.
-pub fn routes(
+fn routes(
     config: &HttpSourceConfig,
     pipeline: Arc<Pipeline>,
     keys: Option<Arc<ApiKeys>>,
@@ -124,14 +141,25 @@ pub fn routes(
         })
 }
 
-/// The HTTP source is served by the main HTTP server, so running it only
-/// means being ready while the server is.
+/// The HTTP source: its route is served by the main HTTP server, so
+/// running it means being ready while the server is, and following
+/// `api_keys_file` (until the sources stop).
 #[derive(Debug)]
-pub struct HttpSource;
+pub struct HttpSource {
+    routes: Router,
+    keys: Option<Arc<ApiKeys>>,
+}
 
 impl Source for HttpSource {
+    fn routes(&self) -> Option<Router> {
+        Some(self.routes.clone())
+    }
+
     fn run(self: Box<Self>, ctx: SourceContext) -> BoxFuture<'static, Result<(), SourceError>> {
         async move {
+            if let Some(keys) = &self.keys {
+                keys.spawn_reload(ctx.pipeline.metrics().clone(), ctx.shutdown.clone());
+            }
             ctx.set_ready(true, "serving POST /events/{topic}");
             ctx.shutdown.cancelled().await;
             Ok(())

@@ -54,11 +54,14 @@ use futures_util::future::BoxFuture;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use rdkafka::producer::FutureProducer;
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Handle;
 
-use super::{Source, SourceContext, SourceError};
+use super::{Build, Settings, Source, SourceContext, SourceError};
+use crate::metrics::Labels;
 use crate::store::Hints;
 use context::{ConsumerCtx, ProducerCtx};
 use worker::{DeadLetter, WorkerContext};
@@ -123,8 +126,8 @@ fn default_max_message_bytes() -> usize {
     1024 * 1024
 }
 
-impl KafkaSourceConfig {
-    pub fn validate(&self) -> Result<(), (String, String)> {
+impl Settings for KafkaSourceConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
         let fail = |key: &str, problem: &str| Err((key.to_string(), problem.to_string()));
         if self.brokers.trim().is_empty() {
             return fail("brokers", "must name at least one host:port");
@@ -182,10 +185,16 @@ impl KafkaSourceConfig {
         Ok(())
     }
 
+    fn build(&self, build: &Build<'_>) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(self.source(build.name, build.hints)?))
+    }
+}
+
+impl KafkaSourceConfig {
     /// Create the consumer and the dead-letter producer. librdkafka checks
     /// every property here, so a bad one is a start-up error. `hints` are
     /// the node's store's, for the default of `max_in_flight`.
-    pub fn build(&self, name: &str, hints: Hints) -> Result<KafkaSource, SourceError> {
+    pub fn source(&self, name: &str, hints: Hints) -> Result<KafkaSource, SourceError> {
         let config_error = |what: &str, e: KafkaError| SourceError::Config {
             source_name: name.to_string(),
             message: format!("{what}: {}", describe_config_error(&e)),
@@ -287,6 +296,12 @@ impl Source for KafkaSource {
                 source: ctx.clone(),
                 runtime: Handle::current(),
                 shared,
+                lag: ctx.pipeline.metrics().family(
+                    "kafka",
+                    "consumer_lag",
+                    "Messages between the consumer's position and the partition's end, \
+                     by group, topic and partition",
+                ),
             };
             if consumer.context().run.set(run).is_err() {
                 return Err(failed(&ctx.name, "the source was started twice"));
@@ -373,6 +388,9 @@ struct Run {
     /// Where partition workers are spawned from the polling thread.
     runtime: Handle,
     shared: Arc<WorkerContext>,
+    /// `herald_kafka_consumer_lag`: messages behind each held partition's
+    /// end, by group, topic and partition.
+    lag: Family<Labels, Gauge>,
 }
 
 #[cfg(test)]
@@ -396,7 +414,7 @@ mod tests {
         let mut c = config();
         c.max_in_flight = None;
         let window = |c: &KafkaSourceConfig, in_flight| {
-            c.build("k", Hints { in_flight })
+            c.source("k", Hints { in_flight })
                 .expect("build")
                 .max_in_flight
         };
@@ -433,7 +451,7 @@ mod tests {
         let mut c = config();
         c.properties.insert("no.such.property".into(), "1".into());
         let err = c
-            .build("kafka", Hints::default())
+            .source("kafka", Hints::default())
             .expect_err("librdkafka rejects it");
         assert!(matches!(err, SourceError::Config { .. }), "{err}");
         assert!(err.to_string().contains("no.such.property"), "{err}");

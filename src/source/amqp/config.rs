@@ -4,6 +4,8 @@
 use lapin::uri::AMQPUri;
 use serde::{Deserialize, Serialize};
 
+use crate::source::{Build, Settings, Source, SourceError};
+
 /// AMQP names (queues, exchanges, routing keys) are short strings.
 const MAX_NAME_BYTES: usize = 255;
 
@@ -70,8 +72,10 @@ impl AmqpSourceConfig {
             reconnect_max_ms: default_reconnect_max_ms(),
         }
     }
+}
 
-    pub fn validate(&self) -> Result<(), (String, String)> {
+impl Settings for AmqpSourceConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
         parse_url(&self.url).map_err(|e| ("url".to_string(), e))?;
         check_name("queue", &self.queue)?;
         if self.queue.starts_with("amq.") {
@@ -106,6 +110,12 @@ impl AmqpSourceConfig {
         Ok(())
     }
 
+    fn build(&self, _: &Build<'_>) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(super::AmqpSource::new(self.clone())))
+    }
+}
+
+impl AmqpSourceConfig {
     /// The URL without its password, for logs and `/readyz`.
     pub fn endpoint(&self) -> String {
         match url::Url::parse(&self.url) {

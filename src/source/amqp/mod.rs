@@ -57,6 +57,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
 use config::parse_url;
@@ -65,7 +66,7 @@ use consume::Consume;
 use link::Link;
 
 use super::{Source, SourceContext, SourceError};
-use crate::pipeline::Pipeline;
+use crate::metrics::{Labels, Metrics};
 use crate::store::StoreError;
 
 /// First delay of the reconnect back-off.
@@ -114,12 +115,20 @@ enum Ended {
     Failed(AmqpError),
 }
 
-/// The source's counters, resolved once.
+/// The source's counters (`herald_amqp_*`, each labelled by source name),
+/// resolved once.
 struct Counters {
+    /// 1 while the source is connected and consuming.
     connected: Gauge,
+    /// Failed connection attempts and lost connections or channels.
     connection_failures: Counter,
+    /// Deliveries acknowledged (or rejected to the dead-letter exchange).
     settled: Counter,
+    /// `basic.ack` frames sent; each may cover many deliveries.
     ack_frames: Counter,
+    /// Poison messages by outcome: copy confirmed by the dead-letter
+    /// exchange; routed nowhere by it; fallback `basic.reject`; no
+    /// dead-letter exchange (acknowledged).
     dead_lettered: Counter,
     unroutable: Counter,
     rejected: Counter,
@@ -127,20 +136,44 @@ struct Counters {
 }
 
 impl Counters {
-    fn new(pipeline: &Pipeline, source: &str) -> Self {
-        let m = &pipeline.metrics().amqp;
+    fn new(metrics: &Metrics, source: &str) -> Self {
         let label = || vec![("source", source.to_string())];
+        let counter = |name, help| {
+            metrics
+                .family::<Family<Labels, Counter>>("amqp", name, help)
+                .get_or_create_owned(&label())
+        };
+        let poison = metrics.family::<Family<Labels, Counter>>(
+            "amqp",
+            "poison",
+            "Messages that could not be processed, by source and outcome",
+        );
         let poison = |outcome: &str| {
-            m.poison.get_or_create_owned(&vec![
+            poison.get_or_create_owned(&vec![
                 ("source", source.to_string()),
                 ("outcome", outcome.to_string()),
             ])
         };
         Self {
-            connected: m.connected.get_or_create_owned(&label()),
-            connection_failures: m.connection_failures.get_or_create_owned(&label()),
-            settled: m.settled.get_or_create_owned(&label()),
-            ack_frames: m.ack_frames.get_or_create_owned(&label()),
+            connected: metrics
+                .family::<Family<Labels, Gauge>>(
+                    "amqp",
+                    "connected",
+                    "1 while the source is connected and consuming, by source",
+                )
+                .get_or_create_owned(&label()),
+            connection_failures: counter(
+                "connection_failures",
+                "Failed connection attempts and lost connections or channels, by source",
+            ),
+            settled: counter(
+                "settled",
+                "Deliveries acknowledged or rejected, by source",
+            ),
+            ack_frames: counter(
+                "ack_frames",
+                "basic.ack frames sent (each may cover many deliveries), by source",
+            ),
             dead_lettered: poison("dead_lettered"),
             unroutable: poison("unroutable"),
             rejected: poison("rejected"),
@@ -158,7 +191,7 @@ impl Source for AmqpSource {
                 message,
             })?;
             let endpoint = config.endpoint();
-            let counters = Counters::new(&ctx.pipeline, &ctx.name);
+            let counters = Counters::new(ctx.pipeline.metrics(), &ctx.name);
             let backoff = || {
                 ExponentialBuilder::default()
                     .with_min_delay(FIRST_RETRY)

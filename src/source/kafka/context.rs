@@ -33,6 +33,7 @@ use tracing::Instrument;
 use super::worker::{Finished, Input, partition_worker};
 use super::{DRAIN_TIMEOUT, Run};
 use crate::event::SourceKind;
+use crate::metrics::Labels;
 use crate::sync::lock;
 
 /// The polling thread's handle on one partition worker.
@@ -451,9 +452,9 @@ impl ConsumerCtx {
                     && p.consumer_lag >= 0
                     && held.is_some_and(|ws| ws.contains_key(&p.partition))
                 {
-                    run.shared
-                        .metrics
-                        .kafka_lag(&self.group, topic, p.partition, p.consumer_lag);
+                    run.lag
+                        .get_or_create(&lag_labels(&self.group, topic, p.partition))
+                        .set(p.consumer_lag);
                     now.insert((topic.clone(), p.partition));
                 }
             }
@@ -461,9 +462,8 @@ impl ConsumerCtx {
         drop(parts);
         let mut lag = lock(&self.lag);
         for (topic, partition) in lag.difference(&now) {
-            run.shared
-                .metrics
-                .kafka_lag_remove(&self.group, topic, *partition);
+            run.lag
+                .remove(&lag_labels(&self.group, topic, *partition));
         }
         *lag = now;
     }
@@ -476,12 +476,19 @@ impl ConsumerCtx {
         let mut lag = lock(&self.lag);
         for (topic, partition) in partitions {
             if lag.remove(&(topic.to_string(), partition)) {
-                run.shared
-                    .metrics
-                    .kafka_lag_remove(&self.group, topic, partition);
+                run.lag.remove(&lag_labels(&self.group, topic, partition));
             }
         }
     }
+}
+
+/// The labels of a partition's `herald_kafka_consumer_lag`.
+fn lag_labels(group: &str, topic: &str, partition: i32) -> Labels {
+    vec![
+        ("group", group.to_string()),
+        ("topic", topic.to_string()),
+        ("partition", partition.to_string()),
+    ]
 }
 
 fn describe(tpl: &TopicPartitionList) -> String {

@@ -10,6 +10,7 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use serde::{Deserialize, Serialize};
 
 use super::NatsError;
+use crate::source::{Build, Settings, Source, SourceError};
 
 /// `[[sources]] kind = "nats"`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -110,8 +111,10 @@ impl NatsSourceConfig {
             tls_required: false,
         }
     }
+}
 
-    pub fn validate(&self) -> Result<(), (String, String)> {
+impl Settings for NatsSourceConfig {
+    fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: &str, problem: &str| Err((key.to_string(), problem.to_string()));
         parse_url(&self.url).map_err(|e| ("url".to_string(), e))?;
         check_name("stream", &self.stream)?;
@@ -170,6 +173,12 @@ impl NatsSourceConfig {
         Ok(())
     }
 
+    fn build(&self, _: &Build<'_>) -> Result<Box<dyn Source>, SourceError> {
+        Ok(Box::new(super::NatsSource::new(self.clone())))
+    }
+}
+
+impl NatsSourceConfig {
     /// The URL without its password, for logs and `/readyz`.
     pub fn endpoint(&self) -> String {
         match url::Url::parse(&self.url) {
