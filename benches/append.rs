@@ -38,6 +38,8 @@ const DEFAULT_CHANNELS: usize = 1000;
 const CLIENTS: usize = 32;
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// A typical notification's fields (about 120 bytes).
+const PROVENANCE: &str =
+    r#"{"rule":"order-shipped","rules_version":"0123456789ab","source":"kafka:orders/2@1834"}"#;
 const FIELDS: &str = r#""event":"order.shipped","title":"Order 1234 has shipped","body":"Arriving Friday","data":{"order_id":"1234"},"priority":"normal""#;
 
 #[derive(Debug, serde::Serialize)]
@@ -180,6 +182,7 @@ async fn append_bench(
                             channel: format!("user:{}", (s * per + i) % channels),
                             dedupe_key: format!("{run}-{s}-{i}"),
                             fields: FIELDS.to_string(),
+                            provenance: Some(PROVENANCE.to_string()),
                         };
                         inflight.push_back(store.append(vec![n]));
                         if inflight.len() >= window

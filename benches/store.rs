@@ -28,6 +28,9 @@ fn notification(channel: &str, i: u64) -> NewNotification {
             "\"event\":\"bench\",\"title\":\"bench\",\"body\":\"\",\"data\":{{\"seq\":{i},\"pad\":\"{}\"}},\"priority\":\"normal\"",
             "x".repeat(60)
         ),
+        provenance: Some(format!(
+            r#"{{"rule":"bench","rules_version":"0123456789ab","source":"kafka:bench/0@{i}"}}"#
+        )),
     }
 }
 

@@ -120,7 +120,9 @@ impl Running {
 /// Build and start everything `config` describes.
 pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
-    let hub = Arc::new(Hub::new(metrics.clone()));
+    let hub = Arc::new(Hub::new(metrics.clone()).with_provenance(
+        crate::delivery::protocol::Provenance::when(config.delivery.provenance),
+    ));
     let version_store =
         crate::rules::versions::store::open(&config.store).map_err(OpenError::Config)?;
     let (rules, rules_text) =

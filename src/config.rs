@@ -212,6 +212,12 @@ pub struct DeliveryConfig {
     /// Read buffer per connection, allocated up front. Small, because most
     /// sessions are idle; tungstenite grows it for a larger message.
     pub read_buffer_bytes: usize,
+    /// Notification frames (WebSocket and SSE, live and replayed) carry a
+    /// `provenance` object: the rule, the rules version and the source
+    /// position that produced them. Off by default, so clients are not
+    /// sent what they do not use; the history API and explain always show
+    /// it.
+    pub provenance: bool,
 }
 
 impl ServerConfig {
@@ -256,6 +262,7 @@ impl Default for DeliveryConfig {
             // client messages are tiny): 4 KiB here cost 3 KiB more per
             // idle connection than 1 KiB (BENCHMARKS.md, idle-memory).
             read_buffer_bytes: 1024,
+            provenance: false,
         }
     }
 }

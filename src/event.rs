@@ -4,7 +4,10 @@
 //! `Meta::position` identifies the event at its source (topic, partition,
 //! offset; or an HTTP request and index) and is the root of the default
 //! dedupe key, so a redelivered event maps to the same keys and appends
-//! nothing new.
+//! nothing new. Its format is therefore frozen: changing it would make a
+//! redelivery after an upgrade append again. `Meta::locator` says the same
+//! for people (`kafka:orders/2@1834`) and is what a notification's
+//! [`Provenance`] shows; it is free to change.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -103,6 +106,14 @@ pub struct Meta {
     /// dedupe keys. Not shown to rules.
     #[serde(skip)]
     pub position: String,
+    /// Where the event sits at its source, for people:
+    /// `kafka:<topic>/<partition>@<offset>`, `amqp:<queue>/<message id>`
+    /// (`…/xxh3:<hash>` without one), `http:<topic>/<request id>#<index>`,
+    /// `nats:<stream>/<sequence>`. Not a dedupe root; not shown to rules.
+    /// Empty when a source has none to give ([`Meta::locator`] then falls
+    /// back to `position`).
+    #[serde(skip)]
+    pub locator: String,
 }
 
 impl Meta {
@@ -121,7 +132,41 @@ impl Meta {
             message_id: None,
             redelivered: None,
             position: position.into(),
+            locator: String::new(),
         }
+    }
+
+    /// Set [`Meta::locator`].
+    pub fn with_locator(mut self, locator: String) -> Self {
+        self.locator = locator;
+        self
+    }
+
+    /// The event's locator, or its position when the source gave none.
+    pub fn locator(&self) -> &str {
+        if self.locator.is_empty() {
+            &self.position
+        } else {
+            &self.locator
+        }
+    }
+}
+
+/// Where a stored notification came from: the rule that rendered it, the
+/// rules version that rule belonged to, and its event's
+/// [`Meta::locator`]. Serialized once per notification by the pipeline;
+/// the store keeps the text and frames splice it in as `provenance`.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Provenance<'a> {
+    pub rule: &'a str,
+    pub rules_version: &'a str,
+    pub source: &'a str,
+}
+
+impl Provenance<'_> {
+    /// The JSON object, as stored.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
     }
 }
 

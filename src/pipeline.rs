@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use serde::Serialize;
 
-use crate::event::Event;
+use crate::event::{Event, Provenance};
 use crate::metrics::Metrics;
 use crate::recorder::Recorder;
 use crate::rules::{Priority, Rendered, RuleFailure, Rules};
@@ -188,8 +188,14 @@ impl Pipeline {
         let mut failures = evaluation.failures;
         let mut batch = Vec::with_capacity(evaluation.notifications.len());
         let mut kept = Vec::new();
+        let version = rules.version();
         for rendered in &evaluation.notifications {
-            let n = new_notification(rendered);
+            let provenance = Provenance {
+                rule: &rendered.rule,
+                rules_version: version,
+                source: event.meta.locator(),
+            };
+            let n = new_notification(rendered, &provenance);
             if n.fields.len() > self.max_notification_bytes {
                 failures.push(RuleFailure {
                     rule: rendered.rule.clone(),
@@ -314,8 +320,9 @@ impl crate::rules::versions::Live for Pipeline {
 }
 
 /// A rule's rendered output as an entry for the log: its notification
-/// members serialized once, to be spliced into every frame.
-fn new_notification(r: &Rendered) -> NewNotification {
+/// members serialized once, to be spliced into every frame, and where it
+/// came from.
+fn new_notification(r: &Rendered, provenance: &Provenance<'_>) -> NewNotification {
     #[derive(Serialize)]
     struct Fields<'a> {
         event: &'a str,
@@ -338,6 +345,7 @@ fn new_notification(r: &Rendered) -> NewNotification {
         channel: r.channel.clone(),
         dedupe_key: r.dedupe_key.clone(),
         fields,
+        provenance: Some(provenance.to_json()),
     }
 }
 

@@ -85,6 +85,11 @@ pub struct RecordedEvent {
     pub rules_version: String,
     /// The event's identity at its source (the root of default dedupe keys).
     pub position: String,
+    /// Where the event sits at its source, for people (`kafka:orders/2@1834`;
+    /// [`Meta::locator`]): the `source` of its notifications' provenance.
+    /// Empty in files recorded before herald kept it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub locator: String,
     pub meta: Meta,
     pub event: Value,
     pub outcome: Outcome,
@@ -95,9 +100,21 @@ impl RecordedEvent {
     pub fn to_event(&self) -> Event {
         let mut meta = self.meta.clone();
         meta.position = self.position.clone();
+        meta.locator = self.locator.clone();
         Event {
             payload: self.event.clone(),
             meta,
+        }
+    }
+
+    /// What its notifications' provenance names as `source`: the locator,
+    /// or the position for an event recorded before herald kept locators
+    /// (as [`Meta::locator`] falls back).
+    pub fn source(&self) -> &str {
+        if self.locator.is_empty() {
+            &self.position
+        } else {
+            &self.locator
         }
     }
 
@@ -197,12 +214,15 @@ impl Entry {
         };
         // The position is a field of its own (meta does not serialize it).
         let mut meta = self.event.meta.clone();
+        let locator = self.event.meta.locator().to_string();
+        meta.locator.clear();
         let position = std::mem::take(&mut meta.position);
         RecordedEvent {
             id: self.id,
             at: crate::clock::rfc3339_ms(self.at_ms),
             rules_version: self.rules_version.to_string(),
             position,
+            locator,
             meta,
             event: self.event.payload.clone(),
             outcome: Outcome {

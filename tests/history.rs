@@ -27,6 +27,10 @@ async fn publish_n(h: &Herald, channel: &str, n: usize) {
     }
 }
 
+fn provenance(i: usize) -> String {
+    format!(r#"{{"rule":"r{i}","rules_version":"0123456789ab","source":"http:t/req#{i}"}}"#)
+}
+
 fn page_offsets(page: &Page) -> Vec<u64> {
     page.entries.iter().map(|d| d.offset).collect()
 }
@@ -41,6 +45,8 @@ async fn check_read_before(store: Arc<dyn Store>) {
             channel: channel.clone(),
             dedupe_key: format!("k{i}"),
             fields: format!("\"title\":\"n{i}\""),
+            // Odd ones stand for entries written before provenance.
+            provenance: (i % 2 == 0).then(|| provenance(i)),
         })
         .collect();
     store.append(batch).await.unwrap();
@@ -68,6 +74,13 @@ async fn check_read_before(store: Arc<dyn Store>) {
     let fields = format!("{{{}}}", read(6, 1).await.entries[0].fields);
     let fields: Value = serde_json::from_str(&fields).unwrap();
     assert_eq!(fields["title"], "n4");
+    // Every store keeps provenance beside the fields, and an entry without
+    // one reads without one (not as an empty or made-up object).
+    for e in &read(u64::MAX, 100).await.entries {
+        let i = usize::try_from(e.offset - 1).unwrap();
+        let want = (i % 2 == 0).then(|| provenance(i));
+        assert_eq!(e.provenance, want, "offset {}", e.offset);
+    }
     let nobody = store
         .read_before(&unique("nobody"), u64::MAX, 5)
         .await

@@ -16,9 +16,11 @@ async fn an_object_or_an_array_is_accepted_once_appended() {
     let one = h
         .publish("orders", &json!({"channel": channel, "title": "one"}))
         .await;
+    let request_id = one["request_id"].as_str().unwrap().to_string();
     assert_eq!(
         one,
-        json!({"events": 1, "notifications": 1, "duplicates": 0, "failed_rules": 0})
+        json!({"events": 1, "notifications": 1, "duplicates": 0, "failed_rules": 0,
+               "request_id": request_id})
     );
     let many = h
         .publish(
@@ -28,6 +30,8 @@ async fn an_object_or_an_array_is_accepted_once_appended() {
         .await;
     assert_eq!(many["events"], 2);
     assert_eq!(many["notifications"], 2);
+    // Each request is named (provenance says `http:<topic>/<request id>#i`).
+    assert_ne!(many["request_id"], request_id.as_str());
     let titles: Vec<_> = client
         .notifications(3)
         .await
@@ -351,7 +355,8 @@ async fn an_event_no_rule_matches_is_counted() {
         .await;
     assert_eq!(
         answer,
-        json!({"events": 2, "notifications": 0, "duplicates": 0, "failed_rules": 0})
+        json!({"events": 2, "notifications": 0, "duplicates": 0, "failed_rules": 0,
+               "request_id": answer["request_id"]})
     );
     h.publish("orders", &json!({"to": unique("u")})).await;
     let metrics = h.metrics().await;

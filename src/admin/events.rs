@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 
 use super::Admin;
 use super::rules::error;
+use crate::event::Provenance;
 use crate::recorder::RecordedEvent;
 use crate::rules::versions::Versions;
 use crate::rules::{RuleTrace, Rules};
@@ -205,7 +206,8 @@ impl<'a> VersionCache<'a> {
 }
 
 /// The traces as JSON, each notification with what the log made of it
-/// (offset, duplicate) from the recorded outcome.
+/// (offset, duplicate) from the recorded outcome, and the provenance the
+/// stored notification carries.
 fn annotate(view: &RecordedEvent, traces: Vec<RuleTrace>) -> Value {
     let mut out = serde_json::to_value(&traces).unwrap_or(Value::Null);
     if let Some(rules) = out.as_array_mut() {
@@ -222,6 +224,11 @@ fn annotate(view: &RecordedEvent, traces: Vec<RuleTrace>) -> Value {
                     if let Some(n) = recorded {
                         item["offset"] = json!(n.offset);
                         item["duplicate"] = json!(n.duplicate);
+                        item["provenance"] = json!(Provenance {
+                            rule: &n.rule,
+                            rules_version: &view.rules_version,
+                            source: view.source(),
+                        });
                     }
                 }
             }
@@ -261,6 +268,7 @@ fn for_channel(view: &RecordedEvent, traces: &[RuleTrace], channel: &str) -> Opt
         "at": view.at,
         "topic": view.meta.topic,
         "position": view.position,
+        "source": view.source(),
         "rules_version": view.rules_version,
         "reached": view.reached(channel),
         "result": view.outcome.result,

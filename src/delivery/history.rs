@@ -30,7 +30,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 
-use super::protocol::NotificationFrame;
+use super::protocol::{NotificationFrame, Provenance};
 use super::refusal::{self, Refusal};
 use super::session::SessionContext;
 use crate::store::{Entry, Page, Store, StoreError, parse_id};
@@ -120,14 +120,20 @@ pub struct Answer {
 impl Answer {
     /// The JSON body; the notification frames are spliced in as they are.
     pub fn to_json(&self) -> String {
-        let frames: usize = self.entries.iter().map(|d| d.fields.len() + 160).sum();
+        let frames: usize = self
+            .entries
+            .iter()
+            .map(|d| d.fields.len() + d.provenance.as_ref().map_or(0, |p| p.len() + 16) + 160)
+            .sum();
         let mut body = String::with_capacity(frames + 96);
         body.push_str("{\"notifications\":[");
         for (i, d) in self.entries.iter().enumerate() {
             if i > 0 {
                 body.push(',');
             }
-            body.push_str(&NotificationFrame::text(d));
+            // The history API is for people tracing a notification: it
+            // always says where each came from.
+            body.push_str(&NotificationFrame::text(d, Provenance::Include));
         }
         body.push_str("],\"position\":");
         body.push_str(&serde_json::to_string(&self.position).unwrap_or_default());

@@ -11,7 +11,8 @@
 //!   removes it, so the hub's state is bounded by the live subscriptions;
 //! - a notification is encoded once, and only when its channel has
 //!   subscribers: one `Arc<NotificationFrame>` per notification, cloned (a
-//!   reference count) per subscriber.
+//!   reference count) per subscriber; it carries the entry's provenance
+//!   only when `delivery.provenance` is on.
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -21,7 +22,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::{Notify, mpsc};
 
-use super::protocol::NotificationFrame;
+use super::protocol::{NotificationFrame, Provenance};
 use crate::metrics::Metrics;
 use crate::store::{Entry, Publish};
 
@@ -35,6 +36,8 @@ pub struct Hub {
     shards: Box<[RwLock<Subscribers>]>,
     next_id: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Whether frames carry the entry's provenance.
+    provenance: Provenance,
 }
 
 /// A session's end of the hub: its bounded queue and its too-slow signal.
@@ -70,7 +73,14 @@ impl Hub {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             next_id: AtomicU64::new(1),
             metrics,
+            provenance: Provenance::Omit,
         }
+    }
+
+    /// Frames carry the entry's provenance, or not (`delivery.provenance`).
+    pub fn with_provenance(mut self, provenance: Provenance) -> Self {
+        self.provenance = provenance;
+        self
     }
 
     /// A new subscriber with a queue of `capacity` notifications.
@@ -140,7 +150,7 @@ impl Publish for Hub {
         let Some(subs) = shard.get(&entry.channel) else {
             return;
         };
-        let frame = Arc::new(NotificationFrame::encode(entry));
+        let frame = Arc::new(NotificationFrame::encode(entry, self.provenance));
         let mut queued = 0u64;
         for sub in subs {
             match sub.tx.try_send(frame.clone()) {
@@ -173,6 +183,7 @@ mod tests {
             offset,
             at_ms: 0,
             fields: String::new(),
+            provenance: None,
         })
     }
 

@@ -17,6 +17,10 @@ use crate::store::Entry;
 /// A `notification` frame ready to write. The hub encodes each committed
 /// entry once and shares the frame (a reference count) with every
 /// subscriber; a replay encodes what it reads.
+///
+/// The entry's provenance is added as a `provenance` member only when
+/// asked ([`Provenance::Include`]): live and replayed frames carry it when
+/// `delivery.provenance` is on, the history API always.
 #[derive(Debug)]
 pub struct NotificationFrame {
     pub channel: Arc<str>,
@@ -27,23 +31,48 @@ pub struct NotificationFrame {
     pub text: Utf8Bytes,
 }
 
+/// Whether a notification frame carries the entry's `provenance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Provenance {
+    /// Clients are not burdened with it (the default).
+    #[default]
+    Omit,
+    /// `"provenance":{"rule":…,"rules_version":…,"source":…}` when the
+    /// entry has one (entries stored before herald kept it have none).
+    Include,
+}
+
+impl Provenance {
+    /// [`Provenance::Include`] when `on` (`delivery.provenance`).
+    pub fn when(on: bool) -> Self {
+        if on { Self::Include } else { Self::Omit }
+    }
+}
+
 impl NotificationFrame {
-    pub fn encode(entry: &Entry) -> Self {
+    pub fn encode(entry: &Entry, provenance: Provenance) -> Self {
         Self {
             channel: entry.channel.clone(),
             epoch: entry.epoch.clone(),
             offset: entry.offset,
-            text: Self::text(entry),
+            text: Self::text(entry, provenance),
         }
     }
 
     /// Only the frame's text (a replay writes it and keeps nothing else).
-    pub fn text(entry: &Entry) -> Utf8Bytes {
+    pub fn text(entry: &Entry, provenance: Provenance) -> Utf8Bytes {
         let time = crate::clock::rfc3339_ms(entry.at_ms);
         let offset = entry.offset.to_string();
         let epoch = &*entry.epoch;
+        let provenance = match provenance {
+            Provenance::Include => entry.provenance.as_deref(),
+            Provenance::Omit => None,
+        };
         let mut frame = String::with_capacity(
-            96 + 2 * (epoch.len() + offset.len()) + entry.channel.len() + entry.fields.len(),
+            110 + 2 * (epoch.len() + offset.len())
+                + entry.channel.len()
+                + entry.fields.len()
+                + provenance.map_or(0, str::len),
         );
         frame.push_str("{\"type\":\"notification\",\"id\":\"");
         frame.push_str(epoch);
@@ -61,6 +90,10 @@ impl NotificationFrame {
         if !entry.fields.is_empty() {
             frame.push(',');
             frame.push_str(&entry.fields);
+        }
+        if let Some(p) = provenance {
+            frame.push_str(",\"provenance\":");
+            frame.push_str(p);
         }
         frame.push('}');
         Utf8Bytes::from(frame)
@@ -320,13 +353,17 @@ mod tests {
             offset: 7,
             at_ms: 1_700_000_000_000,
             fields: fields.into(),
+            provenance: Some(
+                r#"{"rule":"r1","rules_version":"v1","source":"kafka:orders/2@1834"}"#.into(),
+            ),
         }
     }
 
     #[test]
     fn notification_frame_is_one_json_object() {
-        let f = NotificationFrame::encode(&entry("user:1", "\"title\":\"t\""));
+        let f = NotificationFrame::encode(&entry("user:1", "\"title\":\"t\""), Provenance::Omit);
         let v: serde_json::Value = serde_json::from_str(&f.text).expect("json");
+        assert!(v.get("provenance").is_none(), "not sent unless asked");
         assert_eq!(v["type"], "notification");
         assert_eq!(v["id"], "e1-7");
         assert_eq!(v["offset"], 7);
@@ -334,14 +371,33 @@ mod tests {
         assert_eq!(v["channel"], "user:1");
         assert_eq!(v["title"], "t");
         assert_eq!(v["time"], "2023-11-14T22:13:20Z");
-        let bare = NotificationFrame::encode(&entry("c", ""));
+        let bare = NotificationFrame::encode(&entry("c", ""), Provenance::Omit);
         assert!(serde_json::from_str::<serde_json::Value>(&bare.text).is_ok());
+    }
+
+    #[test]
+    fn provenance_is_a_member_when_included_and_absent_for_old_entries() {
+        let with = NotificationFrame::text(&entry("c", "\"title\":\"t\""), Provenance::Include);
+        let v: serde_json::Value = serde_json::from_str(&with).expect("json");
+        assert_eq!(v["provenance"]["rule"], "r1");
+        assert_eq!(v["provenance"]["rules_version"], "v1");
+        assert_eq!(v["provenance"]["source"], "kafka:orders/2@1834");
+        assert_eq!(v["title"], "t");
+        let bare = NotificationFrame::text(&entry("c", ""), Provenance::Include);
+        let v: serde_json::Value = serde_json::from_str(&bare).expect("json");
+        assert_eq!(v["provenance"]["rule"], "r1");
+        let mut old = entry("c", "\"title\":\"t\"");
+        old.provenance = None;
+        let v: serde_json::Value =
+            serde_json::from_str(&NotificationFrame::text(&old, Provenance::Include))
+                .expect("json");
+        assert!(v.get("provenance").is_none(), "{v}");
     }
 
     #[test]
     fn channel_names_are_escaped_in_frames() {
         for channel in ["a\"b", "a\\b", "ünï:ok"] {
-            let f = NotificationFrame::encode(&entry(channel, ""));
+            let f = NotificationFrame::encode(&entry(channel, ""), Provenance::Omit);
             let v: serde_json::Value = serde_json::from_str(&f.text).expect("json");
             assert_eq!(v["channel"], channel);
         }

@@ -43,7 +43,9 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 use super::hub::{Hub, Subscriber};
-use super::protocol::{ClientFrame, CloseCode, ErrorCode, NotificationFrame, ServerFrame};
+use super::protocol::{
+    ClientFrame, CloseCode, ErrorCode, NotificationFrame, Provenance, ServerFrame,
+};
 use crate::auth::{Auth, Principal};
 use crate::config::DeliveryConfig;
 use crate::metrics::Metrics;
@@ -460,7 +462,8 @@ where
                         // Trimmed while we were replaying: an honest gap.
                         recovered = false;
                     }
-                    self.feed(NotificationFrame::text(d)).await?;
+                    self.feed(NotificationFrame::text(d, self.provenance()))
+                        .await?;
                     sent = d.offset;
                     replayed += 1;
                 }
@@ -593,7 +596,8 @@ where
                 .await?;
             let before = sent;
             for d in page.entries.iter().take_while(|d| d.offset < until) {
-                self.feed(NotificationFrame::text(d)).await?;
+                self.feed(NotificationFrame::text(d, self.provenance()))
+                    .await?;
                 sent = d.offset;
             }
             if sent == before {
@@ -635,6 +639,11 @@ where
     async fn send_frame(&mut self, frame: &ServerFrame<'_>) -> SendResult {
         self.write(Message::Text(Utf8Bytes::from(frame.to_json())))
             .await
+    }
+
+    /// Whether replayed frames carry provenance (as the hub's live ones).
+    fn provenance(&self) -> Provenance {
+        Provenance::when(self.shared.config.provenance)
     }
 
     /// Queue one notification frame for the next flush.

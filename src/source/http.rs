@@ -227,6 +227,13 @@ async fn ingest(
     // The topic's length keeps `topic` + `key` unambiguous (both may
     // contain `:`), so two producers' keys never collide.
     let position = format!("http:{}:{topic}:{request}", topic.len());
+    // What provenance shows, and what the answer names so a producer can
+    // find its events: the Idempotency-Key as given, else the generated id.
+    let request_id = request
+        .strip_prefix("key:")
+        .or_else(|| request.strip_prefix("req:"))
+        .unwrap_or(&request)
+        .to_string();
     // A Content-Length over the limit is answered before the body is read
     // (the connection then lingers, so the client reads the 413); a longer
     // chunked body when the limit is reached.
@@ -307,7 +314,8 @@ async fn ingest(
         if i > 0 && i % YIELD_EVERY == 0 {
             tokio::task::yield_now().await;
         }
-        let mut meta = Meta::new(SourceKind::Http, topic.clone(), format!("{position}:{i}"));
+        let mut meta = Meta::new(SourceKind::Http, topic.clone(), format!("{position}:{i}"))
+            .with_locator(format!("http:{topic}/{request_id}#{i}"));
         meta.headers = visible.clone();
         pending.push(pipeline.submit(&Event { payload, meta }, Some(&fence)));
     }
@@ -354,6 +362,7 @@ async fn ingest(
             "notifications": totals.0,
             "duplicates": totals.1,
             "failed_rules": totals.2,
+            "request_id": request_id,
         })),
     )
         .into_response()

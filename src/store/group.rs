@@ -238,6 +238,7 @@ mod tests {
             channel: "c".into(),
             dedupe_key: key.into(),
             fields: String::new(),
+            provenance: None,
         }
     }
 

@@ -240,6 +240,7 @@ impl MemoryStore {
             offset,
             at_ms: now_ms,
             fields: n.fields,
+            provenance: n.provenance,
         });
         log.bytes += entry.fields.len();
         log.entries.push_back(entry.clone());

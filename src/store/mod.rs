@@ -54,6 +54,11 @@ pub struct NewNotification {
     /// serialized once by the pipeline; the log adds id, offset, epoch and
     /// time around them.
     pub fields: String,
+    /// Where the notification came from, a JSON object
+    /// (`{"rule":…,"rules_version":…,"source":…}`) serialized once by the
+    /// pipeline. Opaque to the store, which keeps it beside `fields` and
+    /// hands it back; `None` for entries written before herald kept it.
+    pub provenance: Option<String>,
 }
 
 /// A committed log entry: what the store publishes and reads return.
@@ -66,6 +71,9 @@ pub struct Entry {
     pub at_ms: u64,
     /// [`NewNotification::fields`] as appended.
     pub fields: String,
+    /// [`NewNotification::provenance`] as appended (`None` for entries
+    /// stored before herald kept it).
+    pub provenance: Option<String>,
 }
 
 /// Where a store hands each committed entry, once it is durable, per

@@ -21,6 +21,9 @@ async fn store(keep: usize, n: usize) -> (MemoryStore, String) {
             channel: "c".into(),
             dedupe_key: i.to_string(),
             fields: format!("\"title\":\"n{i}\""),
+            provenance: Some(format!(
+                "{{\"rule\":\"r\",\"rules_version\":\"v\",\"source\":\"http:t/{i}#0\"}}"
+            )),
         })
         .collect();
     store.append(batch).await.expect("append");

@@ -200,6 +200,7 @@ fn note(k: &str) -> NewNotification {
         channel: "c".into(),
         dedupe_key: k.into(),
         fields: format!("\"title\":{k:?}"),
+        provenance: None,
     }
 }
 

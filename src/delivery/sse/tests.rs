@@ -6,13 +6,17 @@ use crate::delivery::protocol::NotificationFrame;
 use crate::store::Entry;
 
 fn frame(channel: &str, offset: u64) -> Message {
-    Message::Text(NotificationFrame::text(&Entry {
-        channel: channel.into(),
-        epoch: "ep".into(),
-        offset,
-        at_ms: 0,
-        fields: "\"title\":\"t\"".into(),
-    }))
+    Message::Text(NotificationFrame::text(
+        &Entry {
+            channel: channel.into(),
+            epoch: "ep".into(),
+            offset,
+            at_ms: 0,
+            fields: "\"title\":\"t\"".into(),
+            provenance: None,
+        },
+        crate::delivery::protocol::Provenance::Omit,
+    ))
 }
 
 async fn text(rx: &mut mpsc::Receiver<Bytes>) -> String {

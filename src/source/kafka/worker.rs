@@ -102,7 +102,9 @@ impl Record {
             Ok(_) => return Err((Rejection::InvalidJson, "expected a JSON object".into())),
             Err(e) => return Err((Rejection::InvalidJson, format!("invalid JSON: {e}"))),
         };
-        let mut meta = Meta::new(SourceKind::Kafka, &*self.topic, self.position());
+        let mut meta = Meta::new(SourceKind::Kafka, &*self.topic, self.position()).with_locator(
+            format!("kafka:{}/{}@{}", self.topic, self.partition, self.offset),
+        );
         meta.partition = Some(self.partition);
         meta.offset = Some(self.offset);
         meta.key = self

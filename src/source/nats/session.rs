@@ -396,7 +396,8 @@ impl<'a> Session<'a> {
             SourceKind::Nats,
             subject,
             format!("{}:{sequence}", self.origin),
-        );
+        )
+        .with_locator(format!("nats:{}/{sequence}", self.config.stream));
         meta.offset = i64::try_from(sequence).ok();
         meta.redelivered = redelivered;
         meta.timestamp = published.map(|t| {

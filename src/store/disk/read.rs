@@ -92,13 +92,14 @@ pub(super) fn read_disk(
         &txn.open_table(ENTRIES)?,
         id,
         start,
-        |offset, at_ms, fields| {
+        |(offset, at_ms, fields, provenance)| {
             page.entries.push(Arc::new(Entry {
                 channel: name.clone(),
                 epoch: epoch.clone(),
                 offset,
                 at_ms,
                 fields: fields.into(),
+                provenance: provenance.map(str::to_string),
             }));
             page.entries.len() < limit
         },
@@ -107,19 +108,19 @@ pub(super) fn read_disk(
 }
 
 /// Visit channel `id`'s notifications from offset `start` on, in order,
-/// with (offset, time in ms, fields), while `visit` returns true.
+/// while `visit` returns true.
 pub(super) fn each_from(
     entries: &impl ReadableTable<(u64, u64), &'static [u8]>,
     id: u64,
     start: u64,
-    mut visit: impl FnMut(u64, u64, &str) -> bool,
+    mut visit: impl FnMut(chunk::Record<'_>) -> bool,
 ) -> Result<(), redb::Error> {
     // The chunk holding `start` is the first whose last offset is >= it.
     for item in entries.range((id, start)..=(id, u64::MAX))? {
         let (_, chunk) = item?;
         for record in chunk::decode(chunk.value())? {
-            let (offset, at_ms, fields) = record?;
-            if offset >= start && !visit(offset, at_ms, fields) {
+            let record = record?;
+            if record.0 >= start && !visit(record) {
                 return Ok(());
             }
         }

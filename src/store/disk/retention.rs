@@ -66,7 +66,7 @@ impl Writer {
             let (old_first, mut first) = (meta.first, meta.first);
             // The time of the oldest notification kept, if any is.
             let mut head = None;
-            each_from(&*entries, id, old_first, |offset, at_ms, _| {
+            each_from(&*entries, id, old_first, |(offset, at_ms, _, _)| {
                 if at_ms >= cutoff || budget == 0 {
                     head = Some(at_ms);
                     return false;

@@ -233,7 +233,7 @@ impl Writer {
                         entries.insert((id, chunk.last()), chunk.bytes())?;
                         *chunk = chunk::Builder::new(offset);
                     }
-                    chunk.push(request.at_ms, &n.fields);
+                    chunk.push(request.at_ms, &n.fields, n.provenance.as_deref());
                     if meta.first > meta.last {
                         // The channel was empty: retention by age must visit it.
                         heads.insert((request.at_ms, id), &*name)?;
@@ -251,6 +251,7 @@ impl Writer {
                         offset,
                         at_ms: request.at_ms,
                         fields: n.fields.clone(),
+                        provenance: n.provenance.clone(),
                     }));
                     results.push(Appended {
                         channel: name.clone(),

@@ -21,6 +21,7 @@ fn n(channel: &str, key: &str) -> NewNotification {
         channel: channel.into(),
         dedupe_key: key.into(),
         fields: format!("\"title\":{key:?}"),
+        provenance: None,
     }
 }
 

@@ -1,12 +1,12 @@
 -- KEYS: notify, heads, fresh, then (meta, log, dedupe) per notification.
 -- ARGV: now, max_per_channel, dedupe_window, notify_max_len, fresh epoch,
--- then (channel, dedupe key, fields) per notification.
+-- then (channel, dedupe key, fields, provenance or '') per notification.
 -- Returns {epoch, offset, duplicate} per notification.
 local now, maxlen, window, notify_max, fresh = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
 local out = {}
 for i = 1, (#KEYS - 3) / 3 do
   local meta, log, dd = KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3]
-  local channel, key, fields = ARGV[3 * i + 3], ARGV[3 * i + 4], ARGV[3 * i + 5]
+  local channel, key, fields, prov = ARGV[4 * i + 2], ARGV[4 * i + 3], ARGV[4 * i + 4], ARGV[4 * i + 5]
   local epoch = redis.call('HGET', meta, 'epoch')
   if not epoch then
     if redis.call('EXISTS', log, dd) > 0 then
@@ -31,7 +31,14 @@ for i = 1, (#KEYS - 3) / 3 do
     out[i] = {epoch, tonumber(seen), 1}
   else
     local offset = redis.call('HINCRBY', meta, 'last', 1)
-    redis.call('XADD', log, 'MAXLEN', maxlen, string.format('%d-0', offset), 't', now, 'f', fields)
+    local id = string.format('%d-0', offset)
+    -- `p` only when there is one: an entry without reads as one written
+    -- before herald kept provenance.
+    if prov == '' then
+      redis.call('XADD', log, 'MAXLEN', maxlen, id, 't', now, 'f', fields)
+    else
+      redis.call('XADD', log, 'MAXLEN', maxlen, id, 't', now, 'f', fields, 'p', prov)
+    end
     if redis.call('XLEN', log) == 1 then
       redis.call('ZADD', KEYS[2], 'NX', now, channel)
     end
@@ -40,7 +47,7 @@ for i = 1, (#KEYS - 3) / 3 do
       redis.call('ZREMRANGEBYSCORE', dd, '-inf', offset - window)
     end
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', notify_max, '*',
-      'c', channel, 'e', epoch, 'o', offset, 't', now, 'f', fields)
+      'c', channel, 'e', epoch, 'o', offset, 't', now, 'f', fields, 'p', prov)
     out[i] = {epoch, offset, 0}
   end
 end

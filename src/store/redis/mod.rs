@@ -42,12 +42,18 @@
 //! Keys (`P` is `key_prefix`): `P epoch` (the base of new channels'
 //! epochs), `P ch:{channel}:m` (hash: `epoch`, `last`),
 //! `P ch:{channel}:l` (stream of entries with id `{offset}-0`, fields `t`
-//! time in ms and `f` the notification fields), `P ch:{channel}:d` (sorted
+//! time in ms, `f` the notification fields and, when it has one, `p` its
+//! provenance), `P ch:{channel}:d` (sorted
 //! set: dedupe key scored by offset, the newest `dedupe_window` kept),
 //! `P notify` (the live feed, about `NOTIFY_MAX_LEN` entries), `P heads`
 //! (sorted set: channel scored by the time of its oldest entry, what
 //! retention by age visits). Scripts name their keys in `KEYS`, but one
 //! group spans many channels: Redis Cluster is not supported.
+//!
+//! Compatibility: readers look stream fields up by name, so `p` (added
+//! with provenance) is simply absent in older entries (no provenance) and
+//! ignored by an older herald reading newer ones; nodes of both versions
+//! can share one prefix during a rolling upgrade.
 //!
 //! Files: this one (connecting, keys, the [`Store`] handle, retention by
 //! age), `writer.rs` (the writer task), `feed.rs` (the live feed and the

@@ -97,7 +97,17 @@ pub(super) fn live_entry(
         offset: entry.get_u64("o")?,
         at_ms: entry.get_u64("t")?,
         fields: entry.get_str("f")?.into(),
+        provenance: provenance(entry),
     })
+}
+
+/// An entry's provenance: absent in entries written before herald kept it
+/// (and empty on the live feed for a notification without one).
+fn provenance(entry: &StreamEntry) -> Option<String> {
+    entry
+        .get_str("p")
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
 }
 
 pub(super) fn parse_appended(v: Value, expected: usize) -> Result<Vec<(u64, bool)>, String> {
@@ -148,6 +158,7 @@ pub(super) fn parse_page(channel: &str, v: Value) -> Result<Page, String> {
                 offset: e.offset()?,
                 at_ms: e.get_u64("t")?,
                 fields: e.get_str("f")?.into(),
+                provenance: provenance(e),
             }))
         })
         .collect::<Option<Vec<_>>>()
@@ -196,6 +207,10 @@ mod tests {
         assert_eq!(page.entries[0].offset, 7);
         assert_eq!(&*page.entries[0].epoch, "e1");
         assert_eq!(page.entries[0].fields, "\"title\":\"x\"");
+        assert_eq!(
+            page.entries[0].provenance, None,
+            "an entry written before provenance reads without one"
+        );
         assert!(parse_page("c", Value::Nil).is_err());
         assert!(parse_appended(Value::Array(vec![]), 1).is_err());
     }

@@ -77,7 +77,8 @@ pub(super) async fn commit(
                 .key(keys.dedupe(&n.channel))
                 .arg(&n.channel)
                 .arg(&n.dedupe_key)
-                .arg(&n.fields);
+                .arg(&n.fields)
+                .arg(n.provenance.as_deref().unwrap_or_default());
             count += 1;
         }
     }

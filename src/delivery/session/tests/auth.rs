@@ -59,6 +59,7 @@ fn notify(channel: &str, key: &str) -> NewNotification {
         channel: channel.into(),
         dedupe_key: key.into(),
         fields: format!("\"title\":{key:?}"),
+        provenance: None,
     }
 }
 
