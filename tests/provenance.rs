@@ -1,16 +1,20 @@
 //! Provenance: every stored notification knows the rule, the rules version
 //! and the source position of its event. Checked where a user looks: the
 //! history API and explain (always), WebSocket and SSE frames (only with
-//! `delivery.provenance = true`), for events from HTTP and from a real
-//! Kafka broker.
+//! `delivery.provenance = true`), for events from HTTP, a real Kafka broker
+//! and a real RabbitMQ; and across a restart on the disk store.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use std::time::Duration;
 
+use common::amqp::{self, Broker};
 use common::kafka::{self, Kafka};
 use common::{Herald, unique};
+use herald::config::StoreKind;
+use herald::source::SourceConfig;
+use lapin::BasicProperties;
 use serde_json::{Value, json};
 
 /// Two rules for `topic`, both sending to the event's channel: which one
@@ -279,4 +283,106 @@ async fn kafka_events_name_their_topic_partition_and_offset() {
     tokio::time::timeout(Duration::from_secs(30), h.stop())
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_events_name_their_queue_and_message_id_or_hash() {
+    let mut broker = Broker::connect().await;
+    let queue = broker.queue_name("q");
+    let exchange = broker.exchange_name("x");
+    let h = Herald::start_with(|c| {
+        c.delivery.provenance = true;
+        c.sources = vec![SourceConfig::Amqp(amqp::source(
+            &queue,
+            &[(&exchange, "#")],
+        ))];
+    })
+    .await;
+    h.wait_ready(200, common::WAIT).await.unwrap();
+    let version = get_json(&h, "/admin/rules").await["live"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let channel = unique("user");
+    let (mut client, _) = h.subscribe(&format!("channel={channel}")).await;
+    let id = unique("m");
+    let with_id = json!({"channel": channel, "title": "with id"}).to_string();
+    let props = BasicProperties::default().with_message_id(id.as_str().into());
+    assert!(
+        broker
+            .publish(&exchange, "orders.a", with_id.as_bytes(), props)
+            .await
+    );
+    let without = json!({"channel": channel, "title": "without"}).to_string();
+    let props = BasicProperties::default();
+    assert!(
+        broker
+            .publish(&exchange, "orders.b", without.as_bytes(), props)
+            .await
+    );
+    // Without a message id, the hash herald dedupes by (exchange, routing
+    // key and body, each length-prefixed).
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for part in [exchange.as_bytes(), b"orders.b", without.as_bytes()] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+    let frames = client.notifications(2).await;
+    assert_eq!(
+        frames[0]["provenance"],
+        provenance("default", &version, &format!("amqp:{queue}/{id}"))
+    );
+    assert_eq!(
+        frames[1]["provenance"],
+        provenance(
+            "default",
+            &version,
+            &format!("amqp:{queue}/xxh3:{:032x}", hasher.digest128())
+        )
+    );
+    let history = get_json(&h, &format!("/channels/{channel}/notifications")).await;
+    assert_eq!(
+        history["notifications"][0]["provenance"],
+        frames[0]["provenance"]
+    );
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_store_keeps_provenance_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        Herald::start_with(|c| {
+            c.delivery.provenance = true;
+            c.store.kind = StoreKind::Disk;
+            c.store.path = Some(dir.path().to_path_buf());
+        })
+    };
+    let h = start().await;
+    let channel = unique("user");
+    let answer = h
+        .publish("orders", &json!({"channel": channel, "title": "kept"}))
+        .await;
+    let version = get_json(&h, "/admin/rules").await["live"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let want = provenance(
+        "default",
+        &version,
+        &format!("http:orders/{}#0", answer["request_id"].as_str().unwrap()),
+    );
+    h.stop().await;
+
+    let h = start().await;
+    let history = get_json(&h, &format!("/channels/{channel}/notifications")).await;
+    assert_eq!(history["notifications"][0]["title"], "kept");
+    assert_eq!(history["notifications"][0]["provenance"], want, "{history}");
+    // Replayed from the database to a client that asked for provenance.
+    let (mut client, _) = h.subscribe(&format!("channel={}", unique("other"))).await;
+    client
+        .send_json(&json!({"type": "subscribe", "channel": channel, "rewind": 1}))
+        .await;
+    assert_eq!(client.notifications(1).await[0]["provenance"], want);
+    h.stop().await;
 }

@@ -151,7 +151,7 @@ impl<'a> Consume<'a> {
             None => return Err(AmqpError::Cancelled),
         };
         let pipeline = &self.ctx.pipeline;
-        let meta = meta_of(&delivery);
+        let meta = meta_of(&delivery, &self.config.queue);
         let work: Work = match decode_object(&delivery.data, self.config.max_message_bytes) {
             Ok(payload) => pipeline
                 .submit(&Event { payload, meta }, Some(&self.fence))

@@ -1,5 +1,6 @@
 //! What a delivery becomes: the `meta` rules see, its position (the dedupe
-//! root), and the dead-letter copy of a poison one.
+//! root) and locator (what provenance shows), and the dead-letter copy of a
+//! poison one.
 
 use std::collections::BTreeMap;
 
@@ -13,8 +14,10 @@ use crate::pipeline::Rejection;
 /// The reason detail put in a dead-letter header is cut to this many bytes.
 const MAX_DETAIL_BYTES: usize = 1024;
 
-/// What rules see under `meta`, and the event's position (dedupe root).
-pub(super) fn meta_of(delivery: &Delivery) -> Meta {
+/// What rules see under `meta`, the event's position (dedupe root) and its
+/// locator, `amqp:<queue>/<message id>`, or `amqp:<queue>/xxh3:<hash>`
+/// (the position's hash) for a message without an id.
+pub(super) fn meta_of(delivery: &Delivery, queue: &str) -> Meta {
     let props = &delivery.properties;
     let exchange = delivery.exchange.as_str();
     let routing_key = delivery.routing_key.as_str();
@@ -23,11 +26,8 @@ pub(super) fn meta_of(delivery: &Delivery) -> Meta {
         .as_ref()
         .map(|id| id.as_str())
         .filter(|id| !id.is_empty());
-    let mut meta = Meta::new(
-        SourceKind::Amqp,
-        routing_key,
-        position(exchange, routing_key, message_id, &delivery.data),
-    );
+    let (position, locator) = identity(queue, exchange, routing_key, message_id, &delivery.data);
+    let mut meta = Meta::new(SourceKind::Amqp, routing_key, position).with_locator(locator);
     meta.exchange = Some(exchange.to_string());
     meta.message_id = message_id.map(str::to_string);
     meta.redelivered = Some(delivery.redelivered);
@@ -44,23 +44,35 @@ pub(super) fn meta_of(delivery: &Delivery) -> Meta {
     meta
 }
 
+/// The event's (position, locator). The position is
 /// `amqp:<exchange>:id:<message_id>`, or, without a message id,
 /// `amqp:<exchange>:<routing key>:xxh3:<hash>` where the 128-bit XXH3 hash
 /// covers exchange, routing key and body (length-prefixed, so no two
 /// different triples feed it the same bytes). XXH3 is specified and stable
-/// across versions and platforms.
-fn position(exchange: &str, routing_key: &str, message_id: Option<&str>, body: &[u8]) -> String {
+/// across versions and platforms. The locator names the queue and the same
+/// id or hash.
+fn identity(
+    queue: &str,
+    exchange: &str,
+    routing_key: &str,
+    message_id: Option<&str>,
+    body: &[u8],
+) -> (String, String) {
     if let Some(id) = message_id {
-        return format!("amqp:{exchange}:id:{id}");
+        return (
+            format!("amqp:{exchange}:id:{id}"),
+            format!("amqp:{queue}/{id}"),
+        );
     }
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     for part in [exchange.as_bytes(), routing_key.as_bytes(), body] {
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part);
     }
-    format!(
-        "amqp:{exchange}:{routing_key}:xxh3:{:032x}",
-        hasher.digest128()
+    let hash = hasher.digest128();
+    (
+        format!("amqp:{exchange}:{routing_key}:xxh3:{hash:032x}"),
+        format!("amqp:{queue}/xxh3:{hash:032x}"),
     )
 }
 
@@ -138,6 +150,19 @@ pub(super) fn dead_letter_copy(
 mod tests {
     use super::*;
     use lapin::types::FieldTable;
+
+    fn position(exchange: &str, routing_key: &str, id: Option<&str>, body: &[u8]) -> String {
+        identity("q", exchange, routing_key, id, body).0
+    }
+
+    #[test]
+    fn the_locator_names_the_queue_and_the_same_id_or_hash() {
+        let (_, with_id) = identity("herald", "ex", "a.b", Some("m-1"), b"{}");
+        assert_eq!(with_id, "amqp:herald/m-1");
+        let (p, without) = identity("herald", "", "k", None, b"{}");
+        assert_eq!(without, format!("amqp:herald/xxh3:{}", p_known()));
+        assert!(p.ends_with(&p_known()));
+    }
 
     #[test]
     fn position_prefers_message_id_and_hashes_stably() {
